@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from msnewlesion import __version__
+from msnewlesion.cli import app
+
+
+def test_version(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"msnewlesion {__version__}"
+
+
+def test_python_dash_m_runs_the_same_app() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "msnewlesion", "--version"], capture_output=True, text=True, check=False
+    )
+    assert completed.returncode == 0
+    assert completed.stdout.strip() == f"msnewlesion {__version__}"
+
+
+def test_help_lists_the_commands(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("models",):
+        assert command in result.output

@@ -1,0 +1,32 @@
+"""Project hygiene that a user relies on: the README's test command and a lint-clean tree."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_gives_one_test_command_that_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- test-command -->\s*```bash\n(.+?)\n```", readme)
+    assert match, "README.md must give the test command after <!-- test-command -->"
+    assert match.group(1).startswith("python -m pytest")
+    assert "test-command" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is installed with the test extras")
+def test_ruff_is_clean() -> None:
+    completed = subprocess.run(["ruff", "check", str(ROOT)], capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_changelog_follows_keep_a_changelog() -> None:
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert "## [Unreleased]" in changelog
+    assert "keepachangelog.com" in changelog
