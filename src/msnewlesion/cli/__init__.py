@@ -5,7 +5,7 @@ from typing import Optional
 import typer
 
 from msnewlesion import __version__
-from msnewlesion.cli import models
+from msnewlesion.cli import evaluate, models
 
 app = typer.Typer(
     name="msnewlesion",
@@ -38,6 +38,7 @@ def _root(
 
 
 app.add_typer(models.app, name="models")
+app.command("evaluate")(evaluate.evaluate)
 
 
 def main() -> None:
