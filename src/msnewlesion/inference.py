@@ -280,9 +280,43 @@ def sliding_window_predict(
     device = torch.device(device)
     network = network.eval().to(device)
     autocast_dtype = resolve_precision(options.precision, device)
+    # oneDNN runs 3D convolutions much faster on channels-last tensors; the caller's network gets
+    # its memory format back afterwards, so training that validates in between stays bit-reproducible.
     channels_last = device.type == "cpu"
     if channels_last:
-        network = network.to(memory_format=torch.channels_last_3d)
+        network.to(memory_format=torch.channels_last_3d)
+    try:
+        return _predict_windows(
+            network,
+            baseline,
+            followup,
+            options,
+            brain_mask,
+            device,
+            autocast_dtype,
+            channels_last,
+            pad_value,
+            progress,
+            stage,
+        )
+    finally:
+        if channels_last:
+            network.to(memory_format=torch.contiguous_format)
+
+
+def _predict_windows(
+    network: nn.Module,
+    baseline: np.ndarray,
+    followup: np.ndarray | None,
+    options: SlidingWindowOptions,
+    brain_mask: np.ndarray | None,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+    pad_value: float,
+    progress: ProgressCallback | None,
+    stage: str,
+) -> HeadProbabilities:
 
     base, crop = _pad_to_patch(np.asarray(baseline, dtype=np.float32), options.patch_size, pad_value)
     follow = (

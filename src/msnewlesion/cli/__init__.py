@@ -5,7 +5,7 @@ from typing import Optional
 import typer
 
 from msnewlesion import __version__
-from msnewlesion.cli import evaluate, models
+from msnewlesion.cli import evaluate, models, train
 
 app = typer.Typer(
     name="msnewlesion",
@@ -37,6 +37,7 @@ def _root(
     """msnewlesion: new MS lesions from pairs of FLAIR scans."""
 
 
+app.command("train")(train.train)
 app.add_typer(models.app, name="models")
 app.command("evaluate")(evaluate.evaluate)
 

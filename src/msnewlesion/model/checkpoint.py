@@ -27,6 +27,7 @@ __all__ = [
     "file_sha256",
     "load_model",
     "save_model",
+    "write_model_files",
 ]
 
 CONFIG_NAME = "config.json"
@@ -107,15 +108,21 @@ def save_model(
     overwrite : bool
         Replace an existing folder (only once the new one is complete).
     """
+    with atomic_directory(directory, overwrite=overwrite) as temporary:
+        write_model_files(network, temporary, config=config)
+    return Path(directory)
+
+
+def write_model_files(network: CoactSeg, directory: str | Path, *, config: ModelConfig | None = None) -> None:
+    """Write ``config.json`` and ``model.safetensors`` into an existing folder (no atomicity of its own)."""
     config = config or network.config
     architecture = ("width", "norm", "in_channels", "num_classes")
     if any(getattr(config, key) != getattr(network.config, key) for key in architecture):
         raise ModelError("the config to save does not describe this network's architecture")
     tensors = {name: value.detach().to("cpu").contiguous().clone() for name, value in network.state_dict().items()}
-    with atomic_directory(directory, overwrite=overwrite) as temporary:
-        config.save(temporary / CONFIG_NAME)
-        save_file(tensors, str(temporary / WEIGHTS_NAME), metadata={"format": "pt", "model": config.name})
-    return Path(directory)
+    directory = Path(directory)
+    config.save(directory / CONFIG_NAME)
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "model": config.name})
 
 
 def load_model(directory: str | Path, *, device: torch.device | str = "cpu") -> LoadedModel:

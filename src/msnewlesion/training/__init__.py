@@ -1,0 +1,16 @@
+"""Training CoactSeg on heterogeneous data: the manifest, patch sampling and the training loop."""
+
+from msnewlesion.training.config import TrainConfig
+from msnewlesion.training.loop import StepLog, TrainResult, train
+from msnewlesion.training.manifest import Manifest, ManifestRow, read_manifest, validate_manifest
+
+__all__ = [
+    "Manifest",
+    "ManifestRow",
+    "StepLog",
+    "TrainConfig",
+    "TrainResult",
+    "read_manifest",
+    "train",
+    "validate_manifest",
+]

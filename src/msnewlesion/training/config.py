@@ -1,0 +1,153 @@
+"""Training settings: a YAML file whose defaults are the paper's."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from msnewlesion.errors import InputError
+from msnewlesion.model.config import INTENSITY_NORMALIZATIONS, NORM_LAYERS
+
+__all__ = ["BEST_METRICS", "TrainConfig"]
+
+BEST_METRICS = ("new_lesion_dice", "new_lesion_f1", "all_lesion_dice", "mean_dice")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run. Defaults reproduce the published CoactSeg training.
+
+    Parameters
+    ----------
+    iterations : int
+        Optimiser steps in all (20k in the paper).
+    batch_size : int
+        Patches per step (8: 4 two-time-point + 4 single-time-point).
+    longitudinal_fraction : float
+        Share of each batch taken from two-time-point samples when both kinds exist.
+    patch_size : int
+        Edge of the cubic training patch, a multiple of 16 (80).
+    width, norm, dropout
+        The network (16, batch norm, 0.5 is the published one).
+    lr, lr_schedule, weight_decay
+        Adam with a constant learning rate of 1e-2 (the reference code); ``poly`` decays it as
+        ``(1 − it / iterations) ** 0.9``.
+    new_lesion_weight, relation_weight, relation_start
+        λ1, λ2 and the iteration from which λ2 applies (counting from 1): 1, 1 and 10k.
+    crop_shift : int
+        The weighted crop centres on a random label voxel shifted by up to this many voxels per axis.
+    flip_rot90 : bool
+        Random flips along each axis and 90° rotations in the first plane, the identity included.
+    rotation_degrees : float
+        Random rotation up to this angle in the first plane (0: off).
+    intensity_jitter : float
+        Random intensity scale and shift up to this fraction (0: off), the same at both time points.
+    val_every, save_every : int
+        Validate and checkpoint every so many iterations (and always at the end).
+    best_metric : str
+        Validation metric that picks ``best/``: one of :data:`BEST_METRICS`.
+    val_overlap : float
+        Sliding-window overlap during validation.
+    seed : int
+        Seeds every random choice (1337).
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Autocast during training: ``auto`` is bf16 on CUDA GPUs (fp16 with loss scaling where bf16 is
+        unsupported) and fp32 on the CPU.
+    intensity_normalization : str
+        How the (preprocessed) training images were normalised; recorded in the model's config.
+    """
+
+    iterations: int = 20_000
+    batch_size: int = 8
+    longitudinal_fraction: float = 0.5
+    patch_size: int = 80
+    width: int = 16
+    norm: str = "batch"
+    dropout: float = 0.5
+    lr: float = 1e-2
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    new_lesion_weight: float = 1.0
+    relation_weight: float = 1.0
+    relation_start: int = 10_000
+    crop_shift: int = 10
+    flip_rot90: bool = True
+    rotation_degrees: float = 0.0
+    intensity_jitter: float = 0.0
+    val_every: int = 1_000
+    save_every: int = 1_000
+    best_metric: str = "new_lesion_dice"
+    val_overlap: float = 0.5
+    seed: int = 1337
+    precision: str = "auto"
+    intensity_normalization: str = "zscore-brain"
+    model_name: str = "coactseg"
+    description: str = ""
+    license: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("iterations", "batch_size", "val_every", "save_every", "width"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.patch_size < 16 or self.patch_size % 16:
+            problems.append(f"patch_size must be a multiple of 16 (four poolings), got {self.patch_size}")
+        if not 0.0 <= self.longitudinal_fraction <= 1.0:
+            problems.append(f"longitudinal_fraction must be in [0, 1], got {self.longitudinal_fraction}")
+        if self.norm not in NORM_LAYERS:
+            problems.append(f"norm must be one of {', '.join(NORM_LAYERS)}, got {self.norm!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            problems.append(f"lr must be positive, got {self.lr}")
+        if self.lr_schedule not in ("constant", "poly"):
+            problems.append(f"lr_schedule must be constant or poly, got {self.lr_schedule!r}")
+        if self.best_metric not in BEST_METRICS:
+            problems.append(f"best_metric must be one of {', '.join(BEST_METRICS)}, got {self.best_metric!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            problems.append(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.intensity_normalization not in INTENSITY_NORMALIZATIONS:
+            problems.append(f"intensity_normalization must be one of {', '.join(INTENSITY_NORMALIZATIONS)}")
+        if self.crop_shift < 0 or self.rotation_degrees < 0 or self.intensity_jitter < 0:
+            problems.append("crop_shift, rotation_degrees and intensity_jitter must not be negative")
+        if problems:
+            raise InputError("invalid training config: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with the given fields changed; None values are ignored (unset command-line flags)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "training config") -> TrainConfig:
+        if not isinstance(data, dict):
+            raise InputError(f"{source} must be a mapping of settings, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"{source} has unknown settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise InputError(f"{source} is malformed: {error}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read a YAML file; missing keys keep the paper's defaults."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise InputError(f"training config not found: {path}") from None
+        except (OSError, yaml.YAMLError) as error:
+            raise InputError(f"could not read training config {path}: {error}") from None
+        return cls.from_dict(data, source=str(path))

@@ -1,0 +1,218 @@
+"""The training manifest: a CSV listing every training and validation sample.
+
+Columns: ``subject, kind, baseline, followup, label, brain_mask, split``.
+
+- ``kind`` is ``longitudinal`` (a baseline and a follow-up on one grid, with a NEW-lesion label) or
+  ``single`` (one scan in ``baseline``, ``followup`` empty, with an ALL-lesion label).
+- ``brain_mask`` is optional; without it the brain is the image's nonzero voxels.
+- ``split`` is ``train`` or ``val``.
+- Relative paths are relative to the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from msnewlesion.errors import InputError
+from msnewlesion.progress import ProgressCallback, report
+
+__all__ = ["COLUMNS", "KINDS", "SPLITS", "Manifest", "ManifestRow", "read_manifest", "validate_manifest"]
+
+COLUMNS = ("subject", "kind", "baseline", "followup", "label", "brain_mask", "split")
+REQUIRED_COLUMNS = ("subject", "kind", "baseline", "label")
+KINDS = ("longitudinal", "single")
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One sample of the manifest, with paths made absolute."""
+
+    line: int
+    subject: str
+    kind: str
+    baseline: Path
+    followup: Path | None
+    label: Path
+    brain_mask: Path | None
+    split: str
+
+    @property
+    def longitudinal(self) -> bool:
+        return self.kind == "longitudinal"
+
+    def where(self) -> str:
+        return f"line {self.line} ({self.subject})"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    rows: tuple[ManifestRow, ...]
+
+    def split(self, name: str) -> list[ManifestRow]:
+        return [row for row in self.rows if row.split == name]
+
+
+def _resolve(value: str, root: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (root / path)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Parse a manifest, listing every structural problem at once.
+
+    Raises
+    ------
+    InputError
+        The file is missing or unreadable, a required column is absent, or rows have an unknown
+        kind or split, empty required fields, or a follow-up missing (longitudinal) or present (single).
+
+    Examples
+    --------
+    >>> manifest = read_manifest("data/manifest.csv")  # doctest: +SKIP
+    >>> len(manifest.split("train")), len(manifest.split("val"))  # doctest: +SKIP
+    (62, 16)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"manifest not found: {path}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            fieldnames = [name.strip() for name in (reader.fieldnames or [])]
+            records = [{(k or "").strip(): (v or "").strip() for k, v in record.items()} for record in reader]
+    except (OSError, csv.Error, UnicodeDecodeError) as error:
+        raise InputError(f"could not read manifest {path}: {error}") from None
+    missing = [column for column in REQUIRED_COLUMNS if column not in fieldnames]
+    if missing:
+        raise InputError(
+            f"manifest {path} lacks the column(s) {', '.join(missing)}; expected the columns {', '.join(COLUMNS)}"
+        )
+    root = path.parent
+    rows: list[ManifestRow] = []
+    problems: list[str] = []
+    for number, record in enumerate(records, start=2):
+        subject = record.get("subject", "") or f"row{number}"
+        where = f"line {number} ({subject})"
+        kind = record.get("kind", "").lower()
+        split = (record.get("split", "") or "train").lower()
+        if kind not in KINDS:
+            problems.append(f"{where}: kind {kind!r} is not longitudinal or single")
+        if split not in SPLITS:
+            problems.append(f"{where}: split {split!r} is not train or val")
+        for column in ("baseline", "label"):
+            if not record.get(column):
+                problems.append(f"{where}: {column} is empty")
+        followup = record.get("followup", "")
+        if kind == "longitudinal" and not followup:
+            problems.append(f"{where}: a longitudinal sample needs a follow-up image")
+        if kind == "single" and followup:
+            problems.append(f"{where}: a single sample has its one image in 'baseline' and an empty 'followup'")
+        mask = record.get("brain_mask", "")
+        rows.append(
+            ManifestRow(
+                line=number,
+                subject=subject,
+                kind=kind,
+                baseline=_resolve(record.get("baseline", ""), root),
+                followup=_resolve(followup, root) if followup else None,
+                label=_resolve(record.get("label", ""), root),
+                brain_mask=_resolve(mask, root) if mask else None,
+                split=split,
+            )
+        )
+    if not rows:
+        problems.append("the manifest has no rows")
+    if problems:
+        raise InputError(_problem_list(path, problems))
+    return Manifest(path=path, rows=tuple(rows))
+
+
+def _problem_list(path: Path, problems: Sequence[str]) -> str:
+    return f"manifest {path} has {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def _header_geometry(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    image = nib.load(str(path))
+    shape = tuple(int(s) for s in image.shape[:3])
+    if len(image.shape) > 3 and any(s != 1 for s in image.shape[3:]):
+        raise ValueError(f"has shape {image.shape}; a 3D image is needed")
+    return shape, image.affine
+
+
+def validate_manifest(
+    manifest: Manifest, *, check_values: bool = True, progress: ProgressCallback | None = None
+) -> list[str]:
+    """Check every row and return every problem found (an empty list when all is well).
+
+    Checks that files exist and read as 3D NIfTI, that each row's images, label and mask share one
+    grid, that labels are binary (0/1) and images finite, that all samples share one voxel
+    spacing (the model's), and that the train split has samples.
+    """
+    problems: list[str] = []
+    spacings: dict[tuple[float, ...], str] = {}
+    rows = manifest.rows
+    for index, row in enumerate(rows):
+        report(progress, "checking the manifest", index, len(rows))
+        files = {"baseline": row.baseline, "followup": row.followup, "label": row.label, "brain_mask": row.brain_mask}
+        geometries = {}
+        for column, path in files.items():
+            if path is None:
+                continue
+            if not path.is_file():
+                problems.append(f"{row.where()}: {column} not found: {path}")
+                continue
+            try:
+                geometries[column] = _header_geometry(path)
+            except Exception as error:
+                problems.append(f"{row.where()}: {column} {path} cannot be read as 3D NIfTI: {error}")
+        if "baseline" in geometries:
+            shape, affine = geometries["baseline"]
+            for column, (other_shape, other_affine) in geometries.items():
+                if column == "baseline":
+                    continue
+                if other_shape != shape or not np.allclose(other_affine, affine, atol=1e-3):
+                    problems.append(
+                        f"{row.where()}: {column} is not on the baseline's grid "
+                        f"({'×'.join(map(str, other_shape))} vs {'×'.join(map(str, shape))} voxels"
+                        f"{'' if other_shape != shape else ', affines differ'})"
+                    )
+            spacing = tuple(round(float(s), 3) for s in np.linalg.norm(affine[:3, :3], axis=0))
+            spacings.setdefault(spacing, row.where())
+        if check_values:
+            problems.extend(_value_problems(row, geometries))
+    report(progress, "checking the manifest", len(rows), len(rows))
+    if len(spacings) > 1:
+        listed = ", ".join(
+            f"{'×'.join(f'{s:g}' for s in spacing)} mm (first at {where})" for spacing, where in spacings.items()
+        )
+        problems.append(f"the samples do not share one voxel spacing: {listed}; preprocess them to one spacing")
+    if not manifest.split("train"):
+        problems.append("no sample has split 'train'")
+    return problems
+
+
+def _value_problems(row: ManifestRow, readable: dict) -> list[str]:
+    problems = []
+    if "label" in readable:
+        label = np.asanyarray(nib.load(str(row.label)).dataobj)
+        values = np.unique(label)
+        if not np.all(np.isin(values, (0, 1))):
+            shown = ", ".join(f"{v:g}" for v in values[:6]) + (" …" if values.size > 6 else "")
+            problems.append(f"{row.where()}: label {row.label} is not binary (values {shown}); use 0 and 1")
+    for column in ("baseline", "followup"):
+        if column in readable:
+            path = getattr(row, column)
+            data = np.asanyarray(nib.load(str(path)).dataobj)
+            if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+                problems.append(f"{row.where()}: {column} {path} holds NaN or infinite voxels")
+            elif data.size and data.min() == data.max():
+                problems.append(f"{row.where()}: {column} {path} is constant")
+    return problems
