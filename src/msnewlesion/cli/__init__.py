@@ -5,7 +5,7 @@ from typing import Optional
 import typer
 
 from msnewlesion import __version__
-from msnewlesion.cli import evaluate, models, train
+from msnewlesion.cli import evaluate, models, synth, train
 
 app = typer.Typer(
     name="msnewlesion",
@@ -40,6 +40,7 @@ def _root(
 app.command("train")(train.train)
 app.add_typer(models.app, name="models")
 app.command("evaluate")(evaluate.evaluate)
+app.command("synth")(synth.synth)
 
 
 def main() -> None:
