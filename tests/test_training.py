@@ -20,7 +20,7 @@ from msnewlesion.cli import app
 from msnewlesion.errors import InputError, OutputExistsError
 from msnewlesion.model.checkpoint import load_model
 from msnewlesion.training import TrainConfig, read_manifest, train, validate_manifest
-from msnewlesion.training.data import augment, batch_counts, draw_batch, load_samples
+from msnewlesion.training.data import augment, batch_counts, batches, draw_batch, load_samples
 from training_helpers import make_dataset
 
 TINY = TrainConfig(iterations=12, batch_size=4, patch_size=32, width=4, val_every=6, save_every=4, relation_start=6)
@@ -147,6 +147,18 @@ def test_batches_mix_both_kinds_and_depend_only_on_seed_iteration_and_rank(datas
     assert torch.equal(singles[:, 0], singles[:, 1]) and torch.count_nonzero(singles[:, 2]) == 0
     # the lesion-weighted crop holds label voxels (every training sample has lesions)
     assert all(int(t.sum()) > 0 for t in a.target)
+
+
+def test_prefetching_threads_draw_the_same_batches(dataset: Path) -> None:
+    samples = load_samples(read_manifest(dataset).split("train"), 32)
+    longitudinal = [s for s in samples if s.longitudinal]
+    single = [s for s in samples if not s.longitudinal]
+    config = TrainConfig(batch_size=4, patch_size=32)
+    serial = list(batches(longitudinal, single, config, start=3, stop=9, workers=0))
+    threaded = list(batches(longitudinal, single, config, start=3, stop=9, workers=3))
+    assert [i for i, _ in serial] == [i for i, _ in threaded] == list(range(4, 10))
+    for (_, a), (_, b) in zip(serial, threaded, strict=True):
+        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.target, b.target)
 
 
 def test_augmentation_includes_the_identity_and_keeps_time_points_aligned() -> None:

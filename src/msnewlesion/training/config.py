@@ -54,6 +54,9 @@ class TrainConfig:
         Sliding-window overlap during validation.
     seed : int
         Seeds every random choice (1337).
+    workers : int
+        Threads that draw upcoming batches while the network trains (0: draw each batch in turn).
+        Batches depend only on (seed, iteration, rank), so this never changes the result.
     precision : {"auto", "fp32", "bf16", "fp16"}
         Autocast during training: ``auto`` is bf16 on CUDA GPUs (fp16 with loss scaling where bf16 is
         unsupported) and fp32 on the CPU.
@@ -83,6 +86,7 @@ class TrainConfig:
     best_metric: str = "new_lesion_dice"
     val_overlap: float = 0.5
     seed: int = 1337
+    workers: int = 1
     precision: str = "auto"
     intensity_normalization: str = "zscore-brain"
     model_name: str = "coactseg"
@@ -94,6 +98,8 @@ class TrainConfig:
         for name in ("iterations", "batch_size", "val_every", "save_every", "width"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            problems.append(f"workers must not be negative, got {self.workers}")
         if self.patch_size < 16 or self.patch_size % 16:
             problems.append(f"patch_size must be a multiple of 16 (four poolings), got {self.patch_size}")
         if not 0.0 <= self.longitudinal_fraction <= 1.0:

@@ -7,7 +7,9 @@ uninterrupted run would have drawn.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +22,7 @@ from msnewlesion.progress import ProgressCallback, report
 from msnewlesion.training.config import TrainConfig
 from msnewlesion.training.manifest import ManifestRow
 
-__all__ = ["Batch", "TrainingSample", "augment", "batch_generator", "draw_batch", "load_samples", "sample_patch"]
+__all__ = ["Batch", "TrainingSample", "augment", "batches", "draw_batch", "load_samples", "sample_patch"]
 
 
 @dataclass
@@ -118,7 +120,7 @@ def augment(
         turns = int(rng.integers(0, 4))
         flips = [axis for axis in range(3) if rng.random() < 0.5]
         arrays = [np.rot90(a, k=turns, axes=(0, 1)) for a in arrays]
-        arrays = [np.flip(a, axis=flips) if flips else a for a in arrays]
+        arrays = [np.flip(a, axis=tuple(flips)) if flips else a for a in arrays]
     if config.rotation_degrees > 0:
         angle = float(rng.uniform(-config.rotation_degrees, config.rotation_degrees))
         arrays = [
@@ -184,16 +186,35 @@ def draw_batch(
     )
 
 
-def batch_generator(
+def batches(
     longitudinal: Sequence[TrainingSample],
     single: Sequence[TrainingSample],
     config: TrainConfig,
     *,
     start: int,
+    stop: int,
     rank: int = 0,
-):
-    """Batches for iterations ``start``, ``start + 1``, … (iterations count from 1)."""
-    iteration = start
-    while True:
-        yield iteration, draw_batch(longitudinal, single, config, iteration=iteration, rank=rank)
-        iteration += 1
+    workers: int = 0,
+) -> Iterator[tuple[int, Batch]]:
+    """The batches of iterations ``start + 1`` to ``stop``.
+
+    With ``workers`` > 0, upcoming batches are drawn ahead in that many threads while the network
+    trains; since a batch depends only on (seed, iteration, rank), they are the same batches.
+    """
+    if workers <= 0:
+        for iteration in range(start + 1, stop + 1):
+            yield iteration, draw_batch(longitudinal, single, config, iteration=iteration, rank=rank)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msnewlesion-batches") as pool:
+        pending: deque[tuple[int, Future[Batch]]] = deque()
+        upcoming = start + 1
+        while True:
+            while upcoming <= stop and len(pending) < 2 * workers:
+                pending.append(
+                    (upcoming, pool.submit(draw_batch, longitudinal, single, config, iteration=upcoming, rank=rank))
+                )
+                upcoming += 1
+            if not pending:
+                return
+            iteration, future = pending.popleft()
+            yield iteration, future.result()

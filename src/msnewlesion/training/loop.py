@@ -43,7 +43,7 @@ from msnewlesion.model.losses import LossWeights, coactseg_loss
 from msnewlesion.model.network import CoactSeg
 from msnewlesion.progress import ProgressCallback
 from msnewlesion.training.config import TrainConfig
-from msnewlesion.training.data import TrainingSample, draw_batch, load_samples
+from msnewlesion.training.data import TrainingSample, batches, load_samples
 from msnewlesion.training.manifest import Manifest, read_manifest, validate_manifest
 
 __all__ = ["StepLog", "TrainResult", "train"]
@@ -429,10 +429,11 @@ def _train(
             network, device_ids=[device.index] if device.type == "cuda" else None
         )
     network.train()
-    for iteration in range(start + 1, config.iterations + 1):
-        clock = time.perf_counter()
+    clock = time.perf_counter()
+    for iteration, batch in batches(
+        longitudinal, single, config, start=start, stop=config.iterations, rank=dist_info.rank, workers=config.workers
+    ):
         torch.manual_seed(_iteration_seed(config.seed, iteration, dist_info.rank))
-        batch = draw_batch(longitudinal, single, config, iteration=iteration, rank=dist_info.rank)
         inputs = batch.inputs.to(device, non_blocking=True)
         target = batch.target.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
@@ -475,6 +476,7 @@ def _train(
             }
             _save_checkpoint(run_dir, network, model_config, state)
         seconds = time.perf_counter() - clock
+        clock = time.perf_counter()
         if dist_info.main:
             row = {
                 "iteration": iteration,
