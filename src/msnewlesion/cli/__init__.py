@@ -6,6 +6,7 @@ import typer
 
 from msnewlesion import __version__
 from msnewlesion.cli import evaluate, models, synth, train
+from msnewlesion.cli import preprocess as preprocess_cli
 
 app = typer.Typer(
     name="msnewlesion",
@@ -37,10 +38,11 @@ def _root(
     """msnewlesion: new MS lesions from pairs of FLAIR scans."""
 
 
+app.command("preprocess")(preprocess_cli.preprocess)
 app.command("train")(train.train)
-app.add_typer(models.app, name="models")
 app.command("evaluate")(evaluate.evaluate)
 app.command("synth")(synth.synth)
+app.add_typer(models.app, name="models")
 
 
 def main() -> None:

@@ -1,0 +1,169 @@
+"""Rigid registration of two scans with antspyx, returned as a point map in RAS world coordinates."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from msnewlesion.errors import MsNewLesionError
+from msnewlesion.preprocess.geometry import RAS_TO_LPS, Grid, orthonormal_affine, resample, rotation_angle_degrees
+
+__all__ = [
+    "TRANSFORM_TYPES",
+    "RegistrationError",
+    "ants_transform_matrix",
+    "register_rigid",
+    "shear_correction",
+    "to_ants_image",
+    "without_shear",
+]
+
+#: antspyx transform types offered: both rigid (6 degrees of freedom); QuickRigid stops after the
+#: two coarsest of the four resolution levels, Rigid runs all four.
+TRANSFORM_TYPES = ("QuickRigid", "Rigid")
+
+
+class RegistrationError(MsNewLesionError):
+    """The registration of the two time points failed or gave an implausible answer."""
+
+
+def to_ants_image(data: np.ndarray, affine: np.ndarray):  # -> ants.ANTsImage (antspyx is imported lazily)
+    """An ANTs image with the voxels and geometry of a NIfTI array (RAS affine → ITK's LPS geometry).
+
+    ITK needs orthogonal axes: an affine with a shear is given the nearest orthogonal geometry
+    (see :func:`without_shear` to resample such an image exactly first).
+    """
+    import ants
+
+    geometry = RAS_TO_LPS @ orthonormal_affine(affine)
+    spacing = np.linalg.norm(geometry[:3, :3], axis=0)
+    return ants.from_numpy(
+        np.ascontiguousarray(data, dtype=np.float32),
+        origin=tuple(float(v) for v in geometry[:3, 3]),
+        spacing=tuple(float(v) for v in spacing),
+        direction=geometry[:3, :3] / spacing,
+    )
+
+
+def shear_correction(affine: np.ndarray) -> np.ndarray:
+    """Map from the world of :func:`to_ants_image`'s orthogonal geometry to the affine's own world (≈ identity)."""
+    return np.asarray(affine, dtype=np.float64) @ np.linalg.inv(orthonormal_affine(affine))
+
+
+def without_shear(data: np.ndarray, affine: np.ndarray, *, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image on the orthogonal grid nearest its own, so that ITK places every voxel exactly.
+
+    Returned unchanged when the affine has no shear (the usual case).
+    """
+    orthogonal = orthonormal_affine(affine)
+    if np.allclose(orthogonal, affine, atol=1e-6, rtol=0):
+        return data, affine
+    return resample(data, affine, Grid(data.shape, orthogonal), order=order), orthogonal
+
+
+def ants_transform_matrix(transform) -> np.ndarray:
+    """The 4×4 LPS point map of an affine ANTs transform (of any affine type), by mapping four points."""
+    base = np.array([[0.0, 0.0, 0.0], [100.0, 0.0, 0.0], [0.0, 100.0, 0.0], [0.0, 0.0, 100.0]])
+    mapped = np.array([transform.apply_to_point(tuple(point)) for point in base], dtype=np.float64)
+    matrix = np.eye(4)
+    matrix[:3, 3] = mapped[0]
+    matrix[:3, :3] = (mapped[1:] - mapped[0]).T / 100.0
+    return matrix
+
+
+@contextlib.contextmanager
+def _ants_seed(seed: int) -> Iterator[None]:
+    # antspyx passes --random-seed to antsRegistration only through this module-level setting.
+    import ants.config
+
+    previous = ants.config._random_seed
+    ants.config._random_seed = int(seed)
+    try:
+        yield
+    finally:
+        ants.config._random_seed = previous
+
+
+def register_rigid(
+    fixed_data: np.ndarray,
+    fixed_affine: np.ndarray,
+    moving_data: np.ndarray,
+    moving_affine: np.ndarray,
+    *,
+    transform: str = "QuickRigid",
+    seed: int = 1337,
+    fixed_mask: np.ndarray | None = None,
+    describe: str = "the registration",
+) -> np.ndarray:
+    """Rigidly register ``moving`` onto ``fixed`` (Mattes mutual information, antspyx).
+
+    Parameters
+    ----------
+    fixed_data, fixed_affine : ndarray
+        The fixed image and its RAS affine.
+    moving_data, moving_affine : ndarray
+        The moving image and its RAS affine.
+    transform : {"QuickRigid", "Rigid"}
+        antspyx ``type_of_transform``.
+    seed : int
+        Seed of the metric's random sampling. With one ITK thread
+        (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``) results are then identical run to run; with
+        several they differ by hundredths of a millimetre.
+    fixed_mask : ndarray of bool, optional
+        Where the metric is computed, on the fixed image's grid.
+    describe : str
+        Names the two images in error messages.
+
+    Returns
+    -------
+    ndarray
+        4×4 rigid map from fixed world points to the matching moving world points (RAS, mm).
+
+    Raises
+    ------
+    RegistrationError
+        antspyx fails, or returns a transform that is not finite.
+
+    Examples
+    --------
+    >>> matrix = register_rigid(base.data, base.affine, follow.data, follow.affine)  # doctest: +SKIP
+    >>> rotation_angle_degrees(matrix)  # doctest: +SKIP
+    2.7
+    """
+    import ants
+
+    if transform not in TRANSFORM_TYPES:
+        raise RegistrationError(f"unknown registration transform {transform!r}: choose {' or '.join(TRANSFORM_TYPES)}")
+    fixed_data, fixed_affine_exact = without_shear(fixed_data, fixed_affine, order=1)
+    moving_data, moving_affine_exact = without_shear(moving_data, moving_affine, order=1)
+    fixed = to_ants_image(fixed_data, fixed_affine_exact)
+    moving = to_ants_image(moving_data, moving_affine_exact)
+    mask = None
+    if fixed_mask is not None:
+        mask_data, _ = without_shear(np.asarray(fixed_mask, dtype=bool), fixed_affine, order=0)
+        mask = to_ants_image(mask_data.astype(np.float32), fixed_affine_exact)
+    with tempfile.TemporaryDirectory(prefix="msnewlesion-registration-") as workdir, _ants_seed(seed):
+        try:
+            result = ants.registration(
+                fixed,
+                moving,
+                type_of_transform=transform,
+                mask=mask,
+                outprefix=str(Path(workdir) / "rigid_"),
+            )
+            matrix_lps = ants_transform_matrix(ants.read_transform(result["fwdtransforms"][0]))
+        except (RuntimeError, ValueError, IndexError, OSError) as error:
+            raise RegistrationError(f"{describe} failed in antspyx: {error}") from None
+    if not np.all(np.isfinite(matrix_lps)):
+        raise RegistrationError(f"{describe} returned a transform that is not finite")
+    matrix = RAS_TO_LPS @ matrix_lps @ RAS_TO_LPS
+    # Touch the rotation once here so that a reflection fails as a registration error, naming the images.
+    try:
+        rotation_angle_degrees(matrix)
+    except MsNewLesionError as error:
+        raise RegistrationError(f"{describe}: {error}") from None
+    return matrix

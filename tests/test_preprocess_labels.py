@@ -1,0 +1,84 @@
+"""Labels drawn on a native scan are carried into the common space (for training data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from msnewlesion.cli import app
+from msnewlesion.errors import GeometryError
+from msnewlesion.io import Volume, load_mask, load_volume
+from msnewlesion.preprocess import PreprocessOptions, preprocess_pair, to_common, to_native
+from preprocess_helpers import grid_affine, phantom_value, rigid, sample
+
+
+def _scan(path: Path, shape, affine, pose=None) -> Path:
+    nib.save(nib.Nifti1Image((500 * sample(phantom_value, shape, affine, pose)).astype(np.float32), affine), str(path))
+    return path
+
+
+def _ball(shape, affine, centre_world, radius) -> np.ndarray:
+    index = np.indices(shape).reshape(3, -1).T
+    points = index @ affine[:3, :3].T + affine[:3, 3]
+    return (np.linalg.norm(points - centre_world, axis=1) <= radius).reshape(shape)
+
+
+def test_a_followup_label_lands_where_it_was_drawn(tmp_path: Path, runner: CliRunner) -> None:
+    base_affine = grid_affine((80, 96, 60), (1.6, 1.6, 2.0), "LPS")
+    follow_affine = grid_affine((90, 100, 50), (1.5, 1.5, 2.5), "RAS")
+    pose = rigid((2.0, -3.0, 2.0), (1.5, 2.0, -1.0))
+    baseline = _scan(tmp_path / "t1.nii.gz", (80, 96, 60), base_affine)
+    followup = _scan(tmp_path / "t2.nii.gz", (90, 100, 50), follow_affine, pose)
+    centre_followup = np.array([10.0, -8.0, 5.0])
+    label = _ball((90, 100, 50), follow_affine, centre_followup, 7.0)
+    nib.save(nib.Nifti1Image(label.astype(np.uint8), follow_affine), str(tmp_path / "new.nii.gz"))
+
+    result = runner.invoke(
+        app,
+        [
+            "preprocess",
+            str(baseline),
+            str(followup),
+            "-o",
+            str(tmp_path / "prep"),
+            "--skull-strip",
+            "none",
+            "--transform",
+            "QuickRigid",
+            "--no-bias-correction",
+            "--spacing",
+            "2",
+            "2",
+            "2",
+            "--followup-label",
+            str(tmp_path / "new.nii.gz"),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    carried = nib.load(str(tmp_path / "prep" / "followup_label.nii.gz"))
+    common = nib.load(str(tmp_path / "prep" / "followup.nii.gz"))
+    assert carried.shape == common.shape and np.array_equal(carried.affine, common.affine)
+    assert carried.get_data_dtype() == np.uint8
+
+    # the same pair in Python: the carried label is where the ball is in the common space
+    pair = preprocess_pair(
+        load_volume(baseline),
+        load_volume(followup),
+        PreprocessOptions(skull_strip="none", transform="QuickRigid", bias_correction=False, spacing=(2.0, 2.0, 2.0)),
+    )
+    in_common = to_common(load_mask(tmp_path / "new.nii.gz"), pair, "followup", kind="mask")
+    centre_common = (np.linalg.inv(pair.common_to_followup) @ np.append(centre_followup, 1.0))[:3]
+    expected = _ball(pair.grid.shape, pair.grid.affine, centre_common, 7.0)
+    overlap = 2 * np.sum(expected & in_common.data) / (expected.sum() + in_common.data.sum())
+    assert overlap > 0.85
+    # and back again onto the follow-up's grid
+    back = to_native(in_common.data, pair, "followup", kind="mask")
+    assert 2 * np.sum(back.data & label) / (back.data.sum() + label.sum()) > 0.85
+
+    with pytest.raises(GeometryError, match="not on the baseline scan's grid"):
+        to_common(Volume(label, follow_affine), pair, "baseline", kind="mask")
