@@ -157,3 +157,17 @@ def test_bad_options_are_explained() -> None:
         SlidingWindowOptions(overlap=1.0)
     with pytest.raises(InputError, match="blending"):
         SlidingWindowOptions(blending="median")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_the_cpu(network: CoactSeg) -> None:
+    baseline, followup = images((48, 48, 48))
+    cpu = sliding_window_predict(network, baseline, followup, options=fp32(), device="cpu")
+    gpu32 = sliding_window_predict(network, baseline, followup, options=fp32(), device="cuda")
+    gpu_auto = sliding_window_predict(
+        network, baseline, followup, options=SlidingWindowOptions(patch_size=PATCH), device="cuda"
+    )
+    network.to("cpu")
+    for a, b, c in zip(cpu, gpu32, gpu_auto, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-3)
+        assert np.abs(a - c).max() < 0.05

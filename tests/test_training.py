@@ -301,3 +301,12 @@ def test_two_processes_with_ddp_keep_identical_weights(tmp_path: Path, dataset: 
     assert len(summary["rank_weight_checksums"]) == 2
     assert summary["ranks_in_sync"] is True
     assert load_model(tmp_path / "ddp" / "last").config.width == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda_with_mixed_precision(tmp_path: Path, dataset: Path) -> None:
+    config = TrainConfig(iterations=6, batch_size=4, patch_size=32, width=4, val_every=6, save_every=6)
+    result = train(dataset, tmp_path / "cuda", config, device="cuda")
+    summary = json.loads((tmp_path / "cuda" / "train_summary.json").read_text())
+    assert summary["device"].startswith("cuda") and summary["precision"] in ("bfloat16", "float16")
+    assert load_model(result.last).config.width == 4

@@ -5,7 +5,7 @@ from typing import Optional
 import typer
 
 from msnewlesion import __version__
-from msnewlesion.cli import evaluate, models, synth, train
+from msnewlesion.cli import evaluate, models, predict, synth, train
 from msnewlesion.cli import preprocess as preprocess_cli
 
 app = typer.Typer(
@@ -38,6 +38,7 @@ def _root(
     """msnewlesion: new MS lesions from pairs of FLAIR scans."""
 
 
+app.command("predict")(predict.predict)
 app.command("preprocess")(preprocess_cli.preprocess)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)

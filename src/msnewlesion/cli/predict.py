@@ -1,0 +1,196 @@
+"""``msnewlesion predict``: new lesions for one pair of FLAIR scans."""
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from msnewlesion.cli.common import DEVICE_HELP, cli_errors, console, info, progress_bars, warn
+
+# Option declarations shared with the commands that run predict on many pairs (bids, demo).
+MODEL = typer.Option(
+    "demo",
+    "--model",
+    "-m",
+    help="Model: a registry name (see `models list`), a Hub repo owner/name[@revision], or a local model folder.",
+)
+NO_PREPROCESS = typer.Option(
+    False,
+    "--no-preprocess",
+    help="The pair is already co-registered on one grid and skull-stripped: skip "
+    "registration, skull stripping and bias correction (resampling and normalisation still happen).",
+)
+SKULL_STRIP = typer.Option("hd-bet", "--skull-strip", help="hd-bet, or none for inputs that are already stripped.")
+BRAIN_MASK = typer.Option(
+    None, "--brain-mask", help="A brain mask on the baseline's grid (instead of skull stripping)."
+)
+SPACE = typer.Option("halfway", "--space", help="Common space of the two scans: halfway, baseline or followup.")
+TRANSFORM = typer.Option(
+    None, "--transform", help="Rigid registration: QuickRigid or Rigid (default: the preprocessing's)."
+)
+NO_BIAS_CORRECTION = typer.Option(False, "--no-bias-correction", help="Skip N4 bias-field correction.")
+OVERLAP = typer.Option(0.5, "--overlap", min=0.0, max=0.95, help="Overlap of neighbouring windows (0 to 0.95).")
+BATCH_SIZE = typer.Option(2, "--batch-size", min=1, help="Windows per forward pass.")
+TTA = typer.Option(False, "--tta", help="Average over the 8 mirrorings of each window (8× slower).")
+PRECISION = typer.Option(
+    "auto",
+    "--precision",
+    help="auto, fp32, bf16 or fp16 (auto: bf16 where the hardware supports it natively, else fp32).",
+)
+PAPER_MODE = typer.Option(
+    False,
+    "--paper-mode",
+    help="The published inference: 80³ windows at stride 20, plain "
+    "mean, fp32, threshold 0.5, no size filter; follow-up map from a (fu, fu, 0) pass.",
+)
+THRESHOLD = typer.Option(None, "--threshold", help="Lesion probability threshold (default: the model's).")
+MIN_LESION_VOLUME = typer.Option(
+    3.0,
+    "--min-lesion-volume",
+    min=0.0,
+    help="Drop lesions smaller than this many mm³ (MSSEG rule: floor(v / voxel volume) + 1 voxels); 0 keeps all.",
+)
+CONNECTIVITY = typer.Option(26, "--connectivity", help="Voxel connectivity of a lesion: 26 or 6.")
+DEVICE = typer.Option("auto", "--device", help=DEVICE_HELP)
+SAVE_PROBABILITIES = typer.Option(False, "--save-probabilities", help="Also write the three probability maps.")
+
+
+def build_options(
+    *,
+    no_preprocess: bool,
+    skull_strip: str,
+    brain_mask: Optional[Path],
+    space: str,
+    transform: Optional[str],
+    no_bias_correction: bool,
+    overlap: float,
+    batch_size: int,
+    tta: bool,
+    precision: str,
+    paper_mode: bool,
+    threshold: Optional[float],
+    min_lesion_volume: float,
+    connectivity: int,
+    device: str,
+    save_probabilities: bool,
+):
+    """The core's PredictOptions from the command-line values."""
+    from msnewlesion.predict import PredictOptions
+
+    return PredictOptions(
+        preprocess=not no_preprocess,
+        skull_strip=skull_strip,
+        brain_mask=brain_mask,
+        space=space,
+        transform=transform,
+        bias_correction=not no_bias_correction,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        precision=precision,
+        paper_mode=paper_mode,
+        threshold=threshold,
+        min_lesion_volume=min_lesion_volume,
+        connectivity=connectivity,
+        device=device,
+        save_probabilities=save_probabilities,
+    )
+
+
+@cli_errors
+def predict(
+    baseline: Path = typer.Argument(..., help="Baseline FLAIR (.nii or .nii.gz)."),
+    followup: Path = typer.Argument(..., help="Follow-up FLAIR (.nii or .nii.gz)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for the results (created if needed)."),
+    model: str = MODEL,
+    no_preprocess: bool = NO_PREPROCESS,
+    skull_strip: str = SKULL_STRIP,
+    brain_mask: Optional[Path] = BRAIN_MASK,
+    space: str = SPACE,
+    transform: Optional[str] = TRANSFORM,
+    no_bias_correction: bool = NO_BIAS_CORRECTION,
+    overlap: float = OVERLAP,
+    batch_size: int = BATCH_SIZE,
+    tta: bool = TTA,
+    precision: str = PRECISION,
+    paper_mode: bool = PAPER_MODE,
+    threshold: Optional[float] = THRESHOLD,
+    min_lesion_volume: float = MIN_LESION_VOLUME,
+    connectivity: int = CONNECTIVITY,
+    device: str = DEVICE,
+    save_probabilities: bool = SAVE_PROBABILITIES,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in the output folder."),
+    skip_existing: bool = typer.Option(
+        False, "--skip-existing", help="Exit successfully without work when the folder already holds a result."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Find new lesions between two FLAIR scans of the same patient.
+
+    Writes into OUTPUT, on each input's own grid (same shape and affine, so they overlay in any viewer):
+    `new_lesions.nii.gz` (follow-up grid), `lesions_baseline.nii.gz`, `lesions_followup.nii.gz`,
+    `new_lesions.tsv` (one row per new lesion: voxels, mm³, centroid in scanner mm, probabilities),
+    `summary.json` (counts, volumes, model, every setting, time per stage) and `qc.png`. `summary.json`
+    is written last: a folder holding it is a complete result.
+
+    **Examples**
+
+        msnewlesion predict ses-01_FLAIR.nii.gz ses-02_FLAIR.nii.gz -o results/
+
+        msnewlesion predict t1.nii.gz t2.nii.gz -o out --no-preprocess --model ./my-model --device cuda
+
+        msnewlesion predict t1.nii.gz t2.nii.gz -o out --skull-strip none --json > summary.json
+    """
+    from msnewlesion.predict import open_model, predict_pair, prediction_outputs, write_prediction
+
+    options = build_options(
+        no_preprocess=no_preprocess,
+        skull_strip=skull_strip,
+        brain_mask=brain_mask,
+        space=space,
+        transform=transform,
+        no_bias_correction=no_bias_correction,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        precision=precision,
+        paper_mode=paper_mode,
+        threshold=threshold,
+        min_lesion_volume=min_lesion_volume,
+        connectivity=connectivity,
+        device=device,
+        save_probabilities=save_probabilities,
+    )
+    outputs = prediction_outputs(output, save_probabilities=save_probabilities)
+    if outputs["summary"].exists() and not overwrite:
+        if skip_existing:
+            info(f"{output} already holds a result (summary.json); skipped")
+            if as_json:
+                console.print_json(outputs["summary"].read_text())
+            return
+        from msnewlesion.errors import OutputExistsError
+
+        raise OutputExistsError(f"{output} already holds results; pass --overwrite to replace them or --skip-existing")
+    with progress_bars(not quiet) as progress:
+        loaded, provenance = open_model(model, device=device, progress=progress)
+        prediction = predict_pair(baseline, followup, loaded, options, provenance=provenance, progress=progress)
+    for message in prediction.warnings:
+        warn(message)
+    write_prediction(
+        prediction,
+        output,
+        inputs=[p for p in (baseline, followup, brain_mask) if p is not None],
+        overwrite=overwrite,
+        save_probabilities=save_probabilities,
+    )
+    summary = prediction.summary
+    if as_json:
+        typer.echo(json.dumps(json.loads(outputs["summary"].read_text()), indent=2))
+    else:
+        new = summary["new_lesions"]
+        info(
+            f"{new['count']} new lesion{'s' if new['count'] != 1 else ''} ({new['volume_mm3']:.1f} mm³) "
+            f"→ {output} [{summary['timings_s']['total']:.1f} s]"
+        )

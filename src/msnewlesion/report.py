@@ -1,0 +1,105 @@
+"""Quality-control pictures a reader can check at a glance."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from msnewlesion.io import atomic_path
+
+__all__ = ["choose_qc_slices", "save_qc_figure"]
+
+
+def choose_qc_slices(mask: np.ndarray, brain: np.ndarray | None = None, count: int = 4) -> list[int]:
+    """Axial (last-axis) slices to show: through the largest lesions of ``mask``, else through the brain.
+
+    Examples
+    --------
+    >>> mask = np.zeros((10, 10, 10), bool); mask[2:4, 2:4, 7] = True
+    >>> choose_qc_slices(mask, count=2)
+    [7]
+    """
+    labels, count_found = ndimage.label(mask, np.ones((3, 3, 3)))
+    if count_found:
+        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count_found + 1))
+        order = np.argsort(-sizes, kind="stable")
+        slices: list[int] = []
+        for index in order:
+            centre = ndimage.center_of_mass(labels == index + 1)
+            z = round(centre[2])
+            if all(abs(z - s) > 1 for s in slices):
+                slices.append(z)
+            if len(slices) == count:
+                break
+        return sorted(slices)
+    reference = brain if brain is not None and brain.any() else np.ones(mask.shape, bool)
+    zs = np.nonzero(reference.any(axis=(0, 1)))[0]
+    return sorted({int(z) for z in np.percentile(zs, np.linspace(30, 70, count))})
+
+
+def _display(slice_2d: np.ndarray) -> np.ndarray:
+    # Arrays are (x, y) in RAS order. Radiological convention: the patient's right (high x) on the
+    # viewer's left, anterior (high y) at the top.
+    return slice_2d.T[::-1, ::-1]
+
+
+def save_qc_figure(
+    baseline: np.ndarray,
+    followup: np.ndarray,
+    new_lesions: np.ndarray,
+    path: str | Path,
+    *,
+    brain_mask: np.ndarray | None = None,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    title: str = "",
+    count: int = 4,
+    lesion_count: int | None = None,
+) -> Path:
+    """Write a PNG: rows of axial slices, baseline beside follow-up, new lesions outlined in red.
+
+    The images must share one grid in RAS orientation (the preprocessing's common space), so the
+    same slice shows the same anatomy at both time points.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    slices = choose_qc_slices(new_lesions, brain_mask, count=count)
+    rows = max(len(slices), 1)
+    found = lesion_count if lesion_count is not None else int(ndimage.label(new_lesions, np.ones((3, 3, 3)))[1])
+    brain = brain_mask if brain_mask is not None and brain_mask.any() else np.ones(followup.shape, bool)
+    lo, hi = np.percentile(followup[brain], (1, 99.5))
+    # Show only the brain's bounding box (plus a little), with everything outside the brain black.
+    present = np.nonzero(brain.any(axis=2))
+    margin = 4
+    box = tuple(
+        slice(max(int(p.min()) - margin, 0), min(int(p.max()) + margin + 1, size))
+        for p, size in zip(present, brain.shape[:2], strict=True)
+    )
+    aspect = spacing[1] / spacing[0]
+    figure, axes = plt.subplots(rows, 2, figsize=(7.0, 3.6 * rows), squeeze=False, facecolor="black")
+    for row, z in enumerate(slices):
+        for column, (image, label) in enumerate(((baseline, "baseline"), (followup, "follow-up"))):
+            axis = axes[row][column]
+            shown = np.where(brain[:, :, z], image[:, :, z], lo)[box]
+            axis.imshow(_display(shown), cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+            outline = _display(new_lesions[:, :, z][box].astype(float))
+            if outline.any():
+                axis.contour(outline, levels=[0.5], colors="red", linewidths=0.9)
+            axis.set_title(f"{label}, slice {z}", color="white", fontsize=9)
+            axis.axis("off")
+    heading = title or "new lesions"
+    summary = f"{found} new lesion{'s' if found != 1 else ''} outlined in red" if found else "no new lesion found"
+    figure.suptitle(f"{heading}: {summary}", color="white", fontsize=10)
+    figure.text(0.5, 0.005, "R on the left (radiological view)", color="gray", fontsize=7, ha="center")
+    figure.tight_layout(rect=(0, 0.02, 1, 0.97))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, facecolor="black")
+    plt.close(figure)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(buffer.getvalue())
+    return Path(path)
