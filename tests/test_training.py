@@ -310,3 +310,14 @@ def test_training_on_cuda_with_mixed_precision(tmp_path: Path, dataset: Path) ->
     summary = json.loads((tmp_path / "cuda" / "train_summary.json").read_text())
     assert summary["device"].startswith("cuda") and summary["precision"] in ("bfloat16", "float16")
     assert load_model(result.last).config.width == 4
+
+
+def test_a_time_limit_stops_cleanly_for_a_later_resume(tmp_path: Path, dataset: Path) -> None:
+    config = TrainConfig(iterations=5, batch_size=2, patch_size=32, width=4, val_every=100, save_every=100)
+    stopped = train(dataset, tmp_path / "run", config, device="cpu", time_limit=0.0)
+    assert stopped.iterations_done == 1 and stopped.iterations == 5
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["stopped_by_time_limit"] is True
+    assert int(torch.load(tmp_path / "run" / "last" / "training_state.pt", weights_only=True)["iteration"]) == 1
+    resumed = train(dataset, tmp_path / "run", None, resume=True, device="cpu")
+    assert resumed.iterations_done == 5

@@ -28,6 +28,13 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    time_limit: Optional[float] = typer.Option(
+        None,
+        "--time-limit",
+        min=0.0,
+        help="Minutes of training after which the run stops cleanly, checkpointed "
+        "for --resume (for cluster job limits).",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT exactly where it stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start again, replacing the run in OUTPUT."),
     dry_run: bool = typer.Option(
@@ -107,6 +114,7 @@ def train(
             device=device,
             on_step=bar.update,
             progress=progress,
+            time_limit=time_limit * 60 if time_limit is not None else None,
         )
     best = (
         f"; best {result.best_metric} {result.best_value:.4f} at iteration {result.best_iteration} → {result.best}"
@@ -114,7 +122,12 @@ def train(
         else "; no validation split, so no best/ model"
     )
     if main_rank:
-        info(f"trained {result.iterations} iterations in {result.seconds:.0f} s → {result.last}{best}")
+        info(f"trained {result.iterations_done} iterations in {result.seconds:.0f} s → {result.last}{best}")
+        if result.iterations_done < result.iterations:
+            info(
+                f"stopped at iteration {result.iterations_done} of {result.iterations} (--time-limit); "
+                f"continue with: msnewlesion train {manifest} -o {output} --resume"
+            )
 
 
 class _TrainingBar:

@@ -87,6 +87,7 @@ class StepLog:
 class TrainResult:
     run_dir: Path
     iterations: int
+    iterations_done: int
     last: Path
     best: Path | None
     best_metric: str
@@ -163,6 +164,18 @@ def _checksum(network: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _out_of_time(started: float, limit: float | None, dist_info: _Distributed) -> bool:
+    if limit is None:
+        return False
+    decision = torch.tensor([time.perf_counter() - started >= limit], dtype=torch.int32)
+    if dist_info.enabled:
+        # every rank must stop at the same iteration: rank 0's clock decides
+        if dist.get_backend() == "nccl":
+            decision = decision.cuda()
+        dist.broadcast(decision, src=0)
+    return bool(decision.item())
 
 
 def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -315,6 +328,7 @@ def train(
     device: str = "auto",
     on_step: Callable[[StepLog], None] | None = None,
     progress: ProgressCallback | None = None,
+    time_limit: float | None = None,
 ) -> TrainResult:
     """Train CoactSeg on a manifest of heterogeneous samples.
 
@@ -336,6 +350,10 @@ def train(
         Called after each iteration with a :class:`StepLog` (rank 0 only).
     progress : ProgressCallback, optional
         Reports loading and checking.
+    time_limit : float, optional
+        Seconds of training after which the run stops cleanly: it validates, writes ``last/`` and
+        returns (with ``completed`` false), ready for ``resume`` in a later job. For clusters with
+        job time limits.
 
     Returns
     -------
@@ -350,7 +368,9 @@ def train(
     run_dir = Path(run_dir)
     dist_info, torch_device = _setup_distributed(device)
     try:
-        return _train(manifest_path, run_dir, config, resume, overwrite, torch_device, dist_info, on_step, progress)
+        return _train(
+            manifest_path, run_dir, config, resume, overwrite, torch_device, dist_info, on_step, progress, time_limit
+        )
     finally:
         if dist_info.enabled and dist.is_initialized():
             dist.destroy_process_group()
@@ -366,6 +386,7 @@ def _train(
     dist_info: _Distributed,
     on_step: Callable[[StepLog], None] | None,
     progress: ProgressCallback | None,
+    time_limit: float | None,
 ) -> TrainResult:
     started = time.perf_counter()
     if dist_info.main:
@@ -429,7 +450,8 @@ def _train(
             network, device_ids=[device.index] if device.type == "cuda" else None
         )
     network.train()
-    clock = time.perf_counter()
+    clock = training_started = time.perf_counter()
+    last_iteration = start
     for iteration, batch in batches(
         longitudinal, single, config, start=start, stop=config.iterations, rank=dist_info.rank, workers=config.workers
     ):
@@ -452,7 +474,8 @@ def _train(
                 "the inputs' normalisation"
             )
 
-        is_last = iteration == config.iterations
+        out_of_time = _out_of_time(training_started, time_limit, dist_info)
+        is_last = iteration == config.iterations or out_of_time
         metrics: dict[str, float] | None = None
         if (iteration % config.val_every == 0 or is_last) and validation and dist_info.main:
             metrics = _validate(network, validation, config, device)
@@ -516,6 +539,9 @@ def _train(
                 )
         if dist_info.enabled and (saving or iteration % config.val_every == 0):
             dist.barrier()
+        last_iteration = iteration
+        if out_of_time:
+            break
     if writer is not None:
         writer.close()
 
@@ -527,6 +553,7 @@ def _train(
     result = TrainResult(
         run_dir=run_dir,
         iterations=config.iterations,
+        iterations_done=last_iteration,
         last=run_dir / "last",
         best=run_dir / "best" if (run_dir / "best" / WEIGHTS_NAME).exists() else None,
         best_metric=config.best_metric,
@@ -541,6 +568,8 @@ def _train(
             run_dir / "train_summary.json",
             {
                 "iterations": config.iterations,
+                "iterations_done": last_iteration,
+                "stopped_by_time_limit": last_iteration < config.iterations,
                 "resumed_from": start if resume else None,
                 "best_metric": config.best_metric,
                 "best_value": best_value,
