@@ -399,16 +399,17 @@ def _train(
     config = config or TrainConfig()
 
     manifest = read_manifest(manifest_path)
-    problems = validate_manifest(manifest, progress=progress if dist_info.main else None)
+    # Image values are checked as the samples load; reading every image twice would double start-up.
+    problems = validate_manifest(manifest, check_images=False, progress=progress if dist_info.main else None)
     if problems:
         raise InputError(
             f"manifest {manifest.path} has {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
         )
     train_rows, val_rows = manifest.split("train"), manifest.split("val")
-    samples = load_samples(train_rows, config.patch_size, progress)
+    samples = load_samples(train_rows, config.patch_size, progress, workers=config.workers)
     longitudinal = [s for s in samples if s.longitudinal]
     single = [s for s in samples if not s.longitudinal]
-    validation = load_samples(val_rows, config.patch_size, progress) if dist_info.main else []
+    validation = load_samples(val_rows, config.patch_size, progress, workers=config.workers) if dist_info.main else []
     model_config = _model_config(config, samples[0].spacing, manifest)
 
     torch.manual_seed(config.seed)

@@ -148,13 +148,18 @@ def _header_geometry(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
 
 
 def validate_manifest(
-    manifest: Manifest, *, check_values: bool = True, progress: ProgressCallback | None = None
+    manifest: Manifest,
+    *,
+    check_values: bool = True,
+    check_images: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> list[str]:
     """Check every row and return every problem found (an empty list when all is well).
 
     Checks that files exist and read as 3D NIfTI, that each row's images, label and mask share one
-    grid, that labels are binary (0/1) and images finite, that all samples share one voxel
-    spacing (the model's), and that the train split has samples.
+    grid, that labels are binary (0/1) and images finite and not constant, that all samples share
+    one voxel spacing (the model's), and that the train split has samples. ``check_values=False``
+    reads headers only; ``check_images=False`` reads the labels' values but not the images'.
     """
     problems: list[str] = []
     spacings: dict[tuple[float, ...], str] = {}
@@ -187,7 +192,7 @@ def validate_manifest(
             spacing = tuple(round(float(s), 3) for s in np.linalg.norm(affine[:3, :3], axis=0))
             spacings.setdefault(spacing, row.where())
         if check_values:
-            problems.extend(_value_problems(row, geometries))
+            problems.extend(_value_problems(row, geometries, check_images=check_images))
     report(progress, "checking the manifest", len(rows), len(rows))
     if len(spacings) > 1:
         listed = ", ".join(
@@ -199,7 +204,7 @@ def validate_manifest(
     return problems
 
 
-def _value_problems(row: ManifestRow, readable: dict) -> list[str]:
+def _value_problems(row: ManifestRow, readable: dict, *, check_images: bool) -> list[str]:
     problems = []
     if "label" in readable:
         label = np.asanyarray(nib.load(str(row.label)).dataobj)
@@ -207,7 +212,7 @@ def _value_problems(row: ManifestRow, readable: dict) -> list[str]:
         if not np.all(np.isin(values, (0, 1))):
             shown = ", ".join(f"{v:g}" for v in values[:6]) + (" …" if values.size > 6 else "")
             problems.append(f"{row.where()}: label {row.label} is not binary (values {shown}); use 0 and 1")
-    for column in ("baseline", "followup"):
+    for column in ("baseline", "followup") if check_images else ():
         if column in readable:
             path = getattr(row, column)
             data = np.asanyarray(nib.load(str(path)).dataobj)
