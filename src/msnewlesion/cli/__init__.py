@@ -5,6 +5,7 @@ from typing import Optional
 import typer
 
 from msnewlesion import __version__
+from msnewlesion.cli import bids as bids_cli
 from msnewlesion.cli import evaluate, models, predict, synth, train
 from msnewlesion.cli import preprocess as preprocess_cli
 
@@ -43,6 +44,7 @@ app.command("preprocess")(preprocess_cli.preprocess)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("synth")(synth.synth)
+app.command("bids", cls=bids_cli.BidsCommand)(bids_cli.bids)
 app.add_typer(models.app, name="models")
 
 
