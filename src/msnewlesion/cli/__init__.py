@@ -6,7 +6,7 @@ import typer
 
 from msnewlesion import __version__
 from msnewlesion.cli import bids as bids_cli
-from msnewlesion.cli import evaluate, models, predict, synth, train
+from msnewlesion.cli import demo, evaluate, models, predict, synth, train
 from msnewlesion.cli import preprocess as preprocess_cli
 
 app = typer.Typer(
@@ -45,6 +45,7 @@ app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("synth")(synth.synth)
 app.command("bids", cls=bids_cli.BidsCommand)(bids_cli.bids)
+app.command("demo")(demo.demo)
 app.add_typer(models.app, name="models")
 
 
