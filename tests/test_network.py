@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from msnewlesion.model import CoactSeg, ModelConfig, lesion_probabilities, make_input
+from msnewlesion.model.network import fold_batch_norm
 
 
 def test_default_network_has_the_published_size() -> None:
@@ -94,3 +95,18 @@ def test_single_scan_input_is_x_x_zero() -> None:
     assert torch.count_nonzero(stacked[:, 2]) == 0
     y = torch.randn(2, 8, 8, 8)
     torch.testing.assert_close(make_input(x, y)[:, 2], y - x)
+
+
+def test_folding_batch_norms_keeps_the_outputs_and_the_original(tiny_config: ModelConfig) -> None:
+    network = CoactSeg(tiny_config)
+    network.train()
+    with torch.no_grad():
+        network(torch.randn(2, 3, 32, 32, 32))  # running statistics away from their defaults
+    folded = fold_batch_norm(network)
+    assert network.training  # the original is left as it was
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in network.modules())
+    x = torch.randn(1, 3, 32, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(network.eval()(x), folded(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

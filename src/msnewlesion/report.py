@@ -60,6 +60,9 @@ def save_qc_figure(
 ) -> Path:
     """Write a PNG: rows of axial slices, baseline beside follow-up, new lesions outlined in red.
 
+    The outline is solid red on the follow-up; a faint dotted yellow trace marks the same place on
+    the baseline, so the reader can check that the lesion was not there before.
+
     The images must share one grid in RAS orientation (the preprocessing's common space), so the
     same slice shows the same anatomy at both time points.
     """
@@ -81,19 +84,28 @@ def save_qc_figure(
         for p, size in zip(present, brain.shape[:2], strict=True)
     )
     aspect = spacing[1] / spacing[0]
-    figure, axes = plt.subplots(rows, 2, figsize=(7.0, 3.6 * rows), squeeze=False, facecolor="black")
+    figure, axes = plt.subplots(rows, 2, figsize=(8.0, 4.1 * rows), squeeze=False, facecolor="black")
     for row, z in enumerate(slices):
         for column, (image, label) in enumerate(((baseline, "baseline"), (followup, "follow-up"))):
             axis = axes[row][column]
             shown = np.where(brain[:, :, z], image[:, :, z], lo)[box]
             axis.imshow(_display(shown), cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
-            outline = _display(new_lesions[:, :, z][box].astype(float))
+            # drawn one voxel outside the lesion, so the line surrounds it instead of covering it
+            outline = _display(ndimage.binary_dilation(new_lesions[:, :, z][box]).astype(float))
             if outline.any():
-                axis.contour(outline, levels=[0.5], colors="red", linewidths=0.9)
+                # solid red on the follow-up; a faint dotted trace on the baseline marks the same place
+                style = (
+                    {"colors": "red", "linewidths": 1.0}
+                    if column == 1
+                    else {"colors": "yellow", "linewidths": 0.8, "linestyles": "dotted", "alpha": 0.8}
+                )
+                axis.contour(outline, levels=[0.5], **style)
             axis.set_title(f"{label}, slice {z}", color="white", fontsize=9)
             axis.axis("off")
     heading = title or "new lesions"
-    summary = f"{found} new lesion{'s' if found != 1 else ''} outlined in red" if found else "no new lesion found"
+    summary = (
+        f"{found} new lesion{'s' if found != 1 else ''} (red on the follow-up)" if found else "no new lesion found"
+    )
     figure.suptitle(f"{heading}: {summary}", color="white", fontsize=10)
     figure.text(0.5, 0.005, "R on the left (radiological view)", color="gray", fontsize=7, ha="center")
     figure.tight_layout(rect=(0, 0.02, 1, 0.97))

@@ -62,6 +62,8 @@ class TrainConfig:
         unsupported) and fp32 on the CPU.
     intensity_normalization : str
         How the (preprocessed) training images were normalised; recorded in the model's config.
+    model_name, description, training_data, license : str
+        Recorded in the trained model's ``config.json`` (the sample counts are added to ``training_data``).
     """
 
     iterations: int = 20_000
@@ -91,6 +93,7 @@ class TrainConfig:
     intensity_normalization: str = "zscore-brain"
     model_name: str = "coactseg"
     description: str = ""
+    training_data: str = ""
     license: str = ""
 
     def __post_init__(self) -> None:

@@ -15,7 +15,6 @@ A run folder holds:
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import math
@@ -211,9 +210,14 @@ def _model_config(config: TrainConfig, spacing: tuple[float, ...], manifest: Man
         patch_size=(config.patch_size,) * 3,
         intensity_normalization=config.intensity_normalization,
         description=config.description or f"CoactSeg trained with msnewlesion {__version__}",
-        training_data=(
-            f"{n_long} two-time-point pair(s) with new-lesion labels and {n_single} single-time-point scan(s) "
-            f"with all-lesion labels, from {manifest.path.name}"
+        training_data=" ".join(
+            part
+            for part in (
+                config.training_data,
+                f"{n_long} two-time-point pair(s) with new-lesion labels and {n_single} single-time-point "
+                f"scan(s) with all-lesion labels, from {manifest.path.name}.",
+            )
+            if part
         ),
         license=config.license,
         extra={"training": {"iterations": config.iterations, "seed": config.seed}},
@@ -248,8 +252,7 @@ def _validate(
         precision="fp32" if device.type == "cpu" else "auto",
     )
     new_dice, new_f1, all_dice = [], [], []
-    # A copy, so that validation never touches the training network's state or memory layout.
-    network = copy.deepcopy(network).eval()
+    # sliding_window_predict runs an eval-mode copy: the training network's state is never touched
     for sample in samples:
         maps = sliding_window_predict(
             network,
