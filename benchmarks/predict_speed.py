@@ -1,0 +1,185 @@
+"""The network part of predict: default settings against --paper-mode, and the whole predict.
+
+1. A brain-sized pair at 1 mm (the built-in example, preprocessed by msnewlesion and padded to
+   160×192×160) runs through the sliding-window predictor with the default settings (80³ windows,
+   overlap 0.5, Gaussian blending, brain-window skipping, automatic precision) and with the
+   published procedure (80³ windows at stride 20, plain mean, fp32, plus the second (fu, fu, 0)
+   pass), each in its own process so that its peak memory is its own. It prints the time of each,
+   the speed ratio, the peak resident memory, and the Dice between the two new-lesion masks.
+   Timings use the full-width network (width 16); the agreement needs a trained model, so it uses
+   the built-in demo model.
+2. The whole ``msnewlesion predict`` (QuickRigid registration, no skull stripping) on the example.
+
+    python benchmarks/predict_speed.py             # everything (paper mode takes minutes on 2 cores)
+    python benchmarks/predict_speed.py --skip-paper
+
+Run by hand; the numbers measured are in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPE = (160, 192, 160)
+
+
+def prepared_pair(folder: Path) -> Path:
+    """The example pair preprocessed (halfway space, 1 mm, z-score), padded to SHAPE, saved as .npz."""
+    from msnewlesion.demo import example_pair
+    from msnewlesion.preprocess import PreprocessOptions, preprocess_pair
+
+    pair = example_pair()
+    prepared = preprocess_pair(pair.baseline, pair.followup, PreprocessOptions(skull_strip="none"))
+    arrays = {}
+    for name, volume in (
+        ("baseline", prepared.baseline),
+        ("followup", prepared.followup),
+        ("brain", prepared.brain_mask),
+    ):
+        data = volume.data
+        padding = [((t - s) // 2, t - s - (t - s) // 2) for s, t in zip(data.shape, SHAPE, strict=True)]
+        arrays[name] = np.pad(data, [(max(a, 0), max(b, 0)) for a, b in padding])[tuple(slice(0, t) for t in SHAPE)]
+    path = folder / "pair.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def run_mode(pair: Path, mode: str, model: str, output: Path) -> None:
+    """Child process: one mode, one network; prints a JSON line."""
+    import torch
+
+    from msnewlesion.inference import HeadProbabilities, SlidingWindowOptions, sliding_window_predict
+    from msnewlesion.model import CoactSeg, ModelConfig
+    from msnewlesion.predict import PAPER_WINDOW_OPTIONS, open_model
+
+    arrays = np.load(pair)
+    if model == "full-random":
+        torch.manual_seed(0)
+        network = CoactSeg(ModelConfig(width=16)).eval()
+    else:
+        network = open_model(model)[0].network
+    options = PAPER_WINDOW_OPTIONS if mode == "paper" else SlidingWindowOptions(patch_size=(80, 80, 80))
+    # oneDNN builds its kernels on the first call of each shape: time that apart
+    started = time.perf_counter()
+    sliding_window_predict(
+        network, arrays["baseline"][:80, :80, :80], arrays["followup"][:80, :80, :80], options=options
+    )
+    warm_up = time.perf_counter() - started
+    started = time.perf_counter()
+    maps = sliding_window_predict(
+        network, arrays["baseline"], arrays["followup"], options=options, brain_mask=arrays["brain"]
+    )
+    if mode == "paper":
+        second = sliding_window_predict(network, arrays["followup"], None, options=options, brain_mask=arrays["brain"])
+        maps = HeadProbabilities(maps.baseline, second.followup, maps.new)
+    seconds = time.perf_counter() - started
+    np.save(output, maps.new > 0.5)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB → MB on Linux
+    print(json.dumps({"mode": mode, "model": model, "seconds": seconds, "warm_up": warm_up, "peak_mb": peak}))
+
+
+def child(pair: Path, mode: str, model: str, folder: Path) -> dict:
+    output = folder / f"{mode}-{model}.npy"
+    completed = subprocess.run(
+        [sys.executable, __file__, "--child", str(pair), mode, model, str(output)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result["mask"] = np.load(output)
+    return result
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        run_mode(Path(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-paper", action="store_true", help="only the default settings")
+    args = parser.parse_args()
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    folder = Path(tempfile.mkdtemp(prefix="predict-speed-"))
+    pair = prepared_pair(folder)
+    modes = ["default"] if args.skip_paper else ["default", "paper"]
+    for model in ("full-random", "demo"):
+        results = {mode: child(pair, mode, model, folder) for mode in modes}
+        for mode, result in results.items():
+            print(
+                f"{model:11s} {mode:7s}: network {result['seconds']:7.1f} s (after a {result['warm_up']:.1f} s first "
+                f"call), peak memory {result['peak_mb']:.0f} MB"
+            )
+        if "paper" in results:
+            ratio = results["paper"]["seconds"] / results["default"]["seconds"]
+            agreement = dice(results["default"]["mask"], results["paper"]["mask"])
+            print(f"{model:11s} speed ratio paper/default {ratio:.1f}×, Dice between new-lesion masks {agreement:.3f}")
+    # precision: the default (automatic: bf16 where the CPU has it) against fp32, on the trained model
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import numpy as np, time;"
+                "from msnewlesion.inference import SlidingWindowOptions, sliding_window_predict;"
+                "from msnewlesion.predict import open_model;"
+                f"a = np.load('{pair}'); net = open_model('demo')[0].network;"
+                "out = {};"
+                "[out.__setitem__(p, sliding_window_predict(net, a['baseline'], a['followup'], brain_mask=a['brain'],"
+                " options=SlidingWindowOptions(precision=p)).new > 0.5) for p in ('fp32', 'auto')];"
+                "d = 2 * (out['fp32'] & out['auto']).sum() / max(out['fp32'].sum() + out['auto'].sum(), 1);"
+                "print(f'demo: Dice between fp32 and automatic-precision new-lesion masks {d:.4f}')"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    print(completed.stdout.strip())
+    # the whole predict on the example pair
+    from msnewlesion.demo import example_pair
+
+    example = example_pair()
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "msnewlesion",
+            "predict",
+            str(example.baseline),
+            str(example.followup),
+            "-o",
+            str(folder / "whole"),
+            "--skull-strip",
+            "none",
+            "--transform",
+            "QuickRigid",
+            "--quiet",
+        ],
+        check=True,
+    )
+    summary = json.loads((folder / "whole" / "summary.json").read_text())
+    print(
+        f"whole predict (QuickRigid, no skull stripping, 1 mm pair): {time.perf_counter() - started:.1f} s "
+        f"wall, stages {summary['timings_s']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
