@@ -59,6 +59,9 @@ def synthetic_samples(shape: tuple[int, int, int], count: int, longitudinal: boo
 def time_config(name: str, config: TrainConfig, device: torch.device, precision: str, steps: int) -> float:
     torch.manual_seed(0)
     network = CoactSeg(ModelConfig(width=config.width, patch_size=(config.patch_size,) * 3)).to(device).train()
+    channels_last = device.type == "cpu"  # as the training loop does
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
@@ -69,6 +72,8 @@ def time_config(name: str, config: TrainConfig, device: torch.device, precision:
     def step(iteration: int) -> None:
         batch = draw_batch(longitudinal, single, config, iteration=iteration)
         inputs, target = batch.inputs.to(device), batch.target.to(device)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             output = network(inputs)
         loss = coactseg_loss(output, target, batch.longitudinal, iteration=iteration).total

@@ -17,6 +17,7 @@ from msnewlesion.progress import ProgressCallback, report
 from msnewlesion.synth.library import LesionLibrary, load_lesion_library
 from msnewlesion.synth.pair import PAIR_FILES, SynthOptions, save_synthetic_pair, synthesize_pair
 from msnewlesion.synth.tissue import fit_tissue_model
+from msnewlesion.training.manifest import COLUMNS, REQUIRED_COLUMNS
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -28,9 +29,8 @@ __all__ = [
 ]
 
 #: Columns of the training manifest (see docs/training.md).
-MANIFEST_COLUMNS = ("subject", "kind", "baseline", "followup", "label", "brain_mask", "split")
+MANIFEST_COLUMNS = COLUMNS  # the training manifest's columns (msnewlesion.training.manifest)
 #: Columns a manifest must have (the others may be absent; see docs/training.md).
-REQUIRED_COLUMNS = ("subject", "kind", "baseline", "label")
 MANIFEST_NAME = "manifest.csv"
 SPLITS = ("train", "val")
 

@@ -417,6 +417,10 @@ def _train(
 
     torch.manual_seed(config.seed)
     network = CoactSeg(model_config).to(device)
+    # oneDNN trains 3D convolutions about twice as fast on channels-last tensors
+    channels_last = device.type == "cpu"
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
     autocast_dtype = _autocast_dtype(config.precision, device)
@@ -461,6 +465,8 @@ def _train(
     ):
         torch.manual_seed(_iteration_seed(config.seed, iteration, dist_info.rank))
         inputs = batch.inputs.to(device, non_blocking=True)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
         target = batch.target.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             output = model(inputs)
