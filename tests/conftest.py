@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# One ITK thread: registrations give the same answer on every run (several threads sum the metric in a
+# varying order and move results by hundredths of a millimetre). Set before antspyx is first imported.
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
 import pytest
 import torch

@@ -26,5 +26,5 @@ def test_python_dash_m_runs_the_same_app() -> None:
 def test_help_lists_the_commands(runner: CliRunner) -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("predict", "preprocess", "train", "evaluate", "synth", "bids", "models"):
+    for command in ("predict", "preprocess", "train", "evaluate", "synth", "bids", "demo", "models"):
         assert command in result.output
