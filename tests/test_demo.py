@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import nibabel as nib
@@ -18,7 +19,16 @@ from msnewlesion.model.checkpoint import file_sha256, load_model
 F1_FLOOR = 0.8
 
 
-def test_the_demo_finds_the_examples_new_lesions(tmp_path: Path, runner: CliRunner) -> None:
+def test_the_demo_finds_the_examples_new_lesions(tmp_path: Path, runner: CliRunner, monkeypatch) -> None:
+    # the README's main command works offline: no host may be looked up while it runs
+    real_getaddrinfo = socket.getaddrinfo
+
+    def loopback_only(host, *args, **kwargs):
+        if host not in ("localhost", "127.0.0.1", "::1"):
+            raise OSError(f"the demo tried to reach {host}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
     result = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo"), "--quiet", "--json"])
     assert result.exit_code == 0, result.output
     evaluation = json.loads(result.stdout)
