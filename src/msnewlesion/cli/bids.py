@@ -229,24 +229,7 @@ def bids(
     if level == Level.group:
         _group(bids_dir, output_dir, selection, as_json)
         return
-    options = build_options(
-        no_preprocess=no_preprocess,
-        skull_strip=skull_strip,
-        brain_mask=None,
-        space=space,
-        transform=transform,
-        no_bias_correction=no_bias_correction,
-        overlap=overlap,
-        batch_size=batch_size,
-        tta=tta,
-        precision=precision,
-        paper_mode=paper_mode,
-        threshold=threshold,
-        min_lesion_volume=min_lesion_volume,
-        connectivity=connectivity,
-        device=device,
-        save_probabilities=save_probabilities,
-    )
+    options = build_options(locals() | {"brain_mask": None})  # one mask cannot fit a whole cohort
     find_participants(bids_dir)  # a wrong BIDS folder fails before the model is loaded
     from msnewlesion.predict import open_model
 

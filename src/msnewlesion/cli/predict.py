@@ -1,8 +1,9 @@
 """``msnewlesion predict``: new lesions for one pair of FLAIR scans."""
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -56,45 +57,23 @@ DEVICE = typer.Option("auto", "--device", help=DEVICE_HELP)
 SAVE_PROBABILITIES = typer.Option(False, "--save-probabilities", help="Also write the three probability maps.")
 
 
-def build_options(
-    *,
-    no_preprocess: bool,
-    skull_strip: str,
-    brain_mask: Optional[Path],
-    space: str,
-    transform: Optional[str],
-    no_bias_correction: bool,
-    overlap: float,
-    batch_size: int,
-    tta: bool,
-    precision: str,
-    paper_mode: bool,
-    threshold: Optional[float],
-    min_lesion_volume: float,
-    connectivity: int,
-    device: str,
-    save_probabilities: bool,
-):
-    """The core's PredictOptions from the command-line values."""
+#: The parameters every command that runs predict shares (declared above, turned into PredictOptions below).
+PREDICT_PARAMETERS = (
+    "no_preprocess", "skull_strip", "brain_mask", "space", "transform", "no_bias_correction", "overlap",
+    "batch_size", "tta", "precision", "paper_mode", "threshold", "min_lesion_volume", "connectivity", "device",
+    "save_probabilities",
+)  # fmt: skip
+
+
+def build_options(values: Mapping[str, Any]):
+    """The core's PredictOptions from a command's parameter values (its ``locals()``)."""
     from msnewlesion.predict import PredictOptions
 
+    given = {name: values[name] for name in PREDICT_PARAMETERS}
     return PredictOptions(
-        preprocess=not no_preprocess,
-        skull_strip=skull_strip,
-        brain_mask=brain_mask,
-        space=space,
-        transform=transform,
-        bias_correction=not no_bias_correction,
-        overlap=overlap,
-        batch_size=batch_size,
-        tta=tta,
-        precision=precision,
-        paper_mode=paper_mode,
-        threshold=threshold,
-        min_lesion_volume=min_lesion_volume,
-        connectivity=connectivity,
-        device=device,
-        save_probabilities=save_probabilities,
+        preprocess=not given.pop("no_preprocess"),
+        bias_correction=not given.pop("no_bias_correction"),
+        **given,
     )
 
 
@@ -145,24 +124,7 @@ def predict(
     """
     from msnewlesion.predict import open_model, predict_pair, prediction_outputs, write_prediction
 
-    options = build_options(
-        no_preprocess=no_preprocess,
-        skull_strip=skull_strip,
-        brain_mask=brain_mask,
-        space=space,
-        transform=transform,
-        no_bias_correction=no_bias_correction,
-        overlap=overlap,
-        batch_size=batch_size,
-        tta=tta,
-        precision=precision,
-        paper_mode=paper_mode,
-        threshold=threshold,
-        min_lesion_volume=min_lesion_volume,
-        connectivity=connectivity,
-        device=device,
-        save_probabilities=save_probabilities,
-    )
+    options = build_options(locals())
     outputs = prediction_outputs(output, save_probabilities=save_probabilities)
     if outputs["summary"].exists() and not overwrite:
         if skip_existing:
