@@ -69,8 +69,8 @@ class SlidingWindowOptions:
     skip_empty : bool
         Skip windows that hold no brain-mask voxel (their probabilities are 0).
     precision : {"auto", "fp32", "bf16", "fp16"}
-        Autocast dtype. ``auto``: bf16 on CUDA GPUs that support it (else fp16) and on CPUs with
-        native bf16 instructions, fp32 elsewhere.
+        Autocast dtype. ``auto``: on CUDA, fp32 (TF32 tensor cores) on Ampere and newer GPUs and fp16 on
+        older ones; on CPUs, bf16 where they have native bf16 instructions, else fp32.
     """
 
     patch_size: tuple[int, int, int] = (80, 80, 80)
@@ -149,9 +149,12 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cuda":
         if precision == "fp16":
             return torch.float16
-        if precision == "bf16" or torch.cuda.is_bf16_supported():
+        if precision == "bf16":
             return torch.bfloat16
-        return torch.float16
+        # Ampere and newer run fp32 convolutions on tensor cores (TF32): on an H100 that was faster
+        # than bf16 autocast for this network (0.38 s against 0.53 s for a 160×192×160 volume).
+        major, _ = torch.cuda.get_device_capability(device)
+        return None if major >= 8 and torch.backends.cudnn.allow_tf32 else torch.float16
     if device.type == "cpu":
         if precision == "fp16":
             raise InputError("fp16 is not supported on the CPU: use --precision bf16 or fp32")

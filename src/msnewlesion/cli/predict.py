@@ -37,7 +37,8 @@ TTA = typer.Option(False, "--tta", help="Average over the 8 mirrorings of each w
 PRECISION = typer.Option(
     "auto",
     "--precision",
-    help="auto, fp32, bf16 or fp16 (auto: bf16 where the hardware supports it natively, else fp32).",
+    help="auto, fp32, bf16 or fp16 (auto: bf16 on CPUs with native bf16, else fp32; fp32/TF32 on recent "
+    "NVIDIA GPUs, fp16 on older ones).",
 )
 PAPER_MODE = typer.Option(
     False,
