@@ -48,7 +48,6 @@ def synthetic_samples(shape: tuple[int, int, int], count: int, longitudinal: boo
                 label=label,
                 brain=np.ones(shape, bool),
                 foreground=np.flatnonzero(label),
-                background_value=0.0,
                 spacing=(1.0, 1.0, 1.0),
                 original_shape=shape,
             )

@@ -230,7 +230,7 @@ def sliding_window_predict(
     options: SlidingWindowOptions | None = None,
     brain_mask: np.ndarray | None = None,
     device: torch.device | str | None = None,
-    pad_value: float = 0.0,
+    pad_value: float | None = None,
     progress: ProgressCallback | None = None,
     stage: str = "network",
 ) -> HeadProbabilities:
@@ -251,9 +251,9 @@ def sliding_window_predict(
         Windows without a single brain voxel are skipped when ``options.skip_empty``.
     device : torch.device or str, optional
         Defaults to the network's device.
-    pad_value : float
-        Fills the margin when the volume is smaller than a window along an axis (the value of the
-        normalised background).
+    pad_value : float, optional
+        Fills the margin when the volume is smaller than a window along an axis. By default the
+        normalised background: the median of the baseline outside the brain mask (0 without a mask).
     progress : ProgressCallback, optional
         Called with (stage, windows done, windows in all).
 
@@ -283,6 +283,9 @@ def sliding_window_predict(
         device = next(network.parameters()).device
     device = torch.device(device)
     autocast_dtype = resolve_precision(options.precision, device)
+    if pad_value is None:
+        outside = baseline[~brain_mask.astype(bool)] if brain_mask is not None else np.zeros(0)
+        pad_value = float(np.median(outside)) if outside.size else 0.0
     # An inference copy: batch norms folded into the convolutions, and on CPUs the channels-last
     # layout that oneDNN runs 3D convolutions fastest in. The caller's network is left untouched.
     channels_last = device.type == "cpu"

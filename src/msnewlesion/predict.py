@@ -207,11 +207,6 @@ def _array_from_layout(array: np.ndarray, config: ModelConfig) -> np.ndarray:
     return _array_to_layout(array, config)  # reversing the axes is its own inverse
 
 
-def _background_value(image: np.ndarray, brain: np.ndarray) -> float:
-    outside = image[~brain]
-    return float(np.median(outside)) if outside.size else 0.0
-
-
 def _run_network(
     model: LoadedModel,
     pair: PreprocessedPair,
@@ -224,7 +219,6 @@ def _run_network(
     followup = _array_to_layout(pair.followup.data, config)
     brain = _array_to_layout(pair.brain_mask.data.astype(bool), config)
     window_options = options.window_options(config)
-    pad_value = _background_value(pair.baseline.data, pair.brain_mask.data.astype(bool))
     maps = sliding_window_predict(
         model.network,
         baseline,
@@ -232,7 +226,6 @@ def _run_network(
         options=window_options,
         brain_mask=brain,
         device=device,
-        pad_value=pad_value,
         progress=progress,
     )
     if options.paper_mode:
@@ -244,7 +237,6 @@ def _run_network(
             options=window_options,
             brain_mask=brain,
             device=device,
-            pad_value=pad_value,
             progress=progress,
             stage="network (follow-up pass)",
         )

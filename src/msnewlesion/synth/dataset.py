@@ -17,7 +17,7 @@ from msnewlesion.progress import ProgressCallback, report
 from msnewlesion.synth.library import LesionLibrary, load_lesion_library
 from msnewlesion.synth.pair import PAIR_FILES, SynthOptions, save_synthetic_pair, synthesize_pair
 from msnewlesion.synth.tissue import fit_tissue_model
-from msnewlesion.training.manifest import COLUMNS, REQUIRED_COLUMNS
+from msnewlesion.training.manifest import COLUMNS, SPLITS, read_manifest_table
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -29,10 +29,8 @@ __all__ = [
 ]
 
 #: Columns of the training manifest (see docs/training.md).
-MANIFEST_COLUMNS = COLUMNS  # the training manifest's columns (msnewlesion.training.manifest)
-#: Columns a manifest must have (the others may be absent; see docs/training.md).
+MANIFEST_COLUMNS = COLUMNS
 MANIFEST_NAME = "manifest.csv"
-SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
@@ -83,21 +81,13 @@ def default_subject(flair_path: str | os.PathLike[str]) -> str:
 
 
 def _read_manifest(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """The columns and rows of an existing manifest (refused unless it has the required columns)."""
+    """The columns and rows of an existing manifest (refused unless it is a training manifest)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-        reader = csv.DictReader(io.StringIO(text))
-        columns = [name.strip() for name in reader.fieldnames or ()]
-        rows = [{(key or "").strip(): (value or "").strip() for key, value in row.items()} for row in reader]
-    except (OSError, csv.Error, UnicodeDecodeError) as error:
-        raise InputError(f"could not read the manifest {path}: {error}") from None
-    missing = [column for column in REQUIRED_COLUMNS if column not in columns]
-    if missing:
+        return read_manifest_table(path)
+    except InputError as error:
         raise InputError(
-            f"{path} exists but is not a training manifest (it lacks the column(s) {', '.join(missing)}; "
-            f"expected {', '.join(MANIFEST_COLUMNS)}): choose another output folder or move it away"
-        )
-    return columns, rows
+            f"{path} exists but is not a training manifest ({error}): choose another output folder or move it away"
+        ) from None
 
 
 def update_manifest(path: str | os.PathLike[str], rows: Sequence[dict[str, str]]) -> Path:

@@ -36,7 +36,6 @@ class TrainingSample:
     label: np.ndarray
     brain: np.ndarray
     foreground: np.ndarray  # flat indices of label voxels
-    background_value: float
     spacing: tuple[float, float, float]
     original_shape: tuple[int, int, int]
 
@@ -68,7 +67,6 @@ def load_sample(row: ManifestRow, patch_size: int) -> TrainingSample:
         label=label,
         brain=brain,
         foreground=np.flatnonzero(label),
-        background_value=background,
         spacing=baseline_volume.spacing,
         original_shape=baseline_volume.shape,
     )

@@ -261,7 +261,6 @@ def _validate(
             options=options,
             brain_mask=sample.brain,
             device=device,
-            pad_value=sample.background_value,
         )
         if sample.longitudinal:
             result = evaluate_case(maps.new > 0.5, sample.label > 0, sample.spacing)

@@ -22,7 +22,16 @@ import numpy as np
 from msnewlesion.errors import InputError
 from msnewlesion.progress import ProgressCallback, report
 
-__all__ = ["COLUMNS", "KINDS", "SPLITS", "Manifest", "ManifestRow", "read_manifest", "validate_manifest"]
+__all__ = [
+    "COLUMNS",
+    "KINDS",
+    "SPLITS",
+    "Manifest",
+    "ManifestRow",
+    "read_manifest",
+    "read_manifest_table",
+    "validate_manifest",
+]
 
 COLUMNS = ("subject", "kind", "baseline", "followup", "label", "brain_mask", "split")
 REQUIRED_COLUMNS = ("subject", "kind", "baseline", "label")
@@ -65,6 +74,30 @@ def _resolve(value: str, root: Path) -> Path:
     return path if path.is_absolute() else (root / path)
 
 
+def read_manifest_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of a manifest as text, whitespace stripped (extra columns kept).
+
+    Raises
+    ------
+    InputError
+        The file cannot be read as CSV, or a required column is absent.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            fieldnames = [name.strip() for name in (reader.fieldnames or [])]
+            records = [{(k or "").strip(): (v or "").strip() for k, v in record.items()} for record in reader]
+    except (OSError, csv.Error, UnicodeDecodeError) as error:
+        raise InputError(f"could not read manifest {path}: {error}") from None
+    missing = [column for column in REQUIRED_COLUMNS if column not in fieldnames]
+    if missing:
+        raise InputError(
+            f"manifest {path} lacks the column(s) {', '.join(missing)}; expected the columns {', '.join(COLUMNS)}"
+        )
+    return fieldnames, records
+
+
 def read_manifest(path: str | Path) -> Manifest:
     """Parse a manifest, listing every structural problem at once.
 
@@ -83,18 +116,7 @@ def read_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"manifest not found: {path}")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            fieldnames = [name.strip() for name in (reader.fieldnames or [])]
-            records = [{(k or "").strip(): (v or "").strip() for k, v in record.items()} for record in reader]
-    except (OSError, csv.Error, UnicodeDecodeError) as error:
-        raise InputError(f"could not read manifest {path}: {error}") from None
-    missing = [column for column in REQUIRED_COLUMNS if column not in fieldnames]
-    if missing:
-        raise InputError(
-            f"manifest {path} lacks the column(s) {', '.join(missing)}; expected the columns {', '.join(COLUMNS)}"
-        )
+    _, records = read_manifest_table(path)
     root = path.parent
     rows: list[ManifestRow] = []
     problems: list[str] = []
