@@ -154,6 +154,10 @@ def test_summary_records_model_settings_and_timings(predicted: Path, model: Path
     assert summary["settings"]["sliding_window"]["blending"] == "gaussian"
     for stage in ("load", "preprocess", "network", "map_back", "write", "total"):
         assert summary["timings_s"][stage] >= 0
+    steps = summary["timings_s"]["preprocess_steps"]
+    assert list(steps) == ["read", "registration", "skull_strip", "reorient_and_resample", "bias_correction",
+                           "normalisation"]  # fmt: skip
+    assert sum(steps.values()) <= summary["timings_s"]["preprocess"] + 0.01
     assert summary["preprocessing"]["common_grid"]["space"] == "halfway space"
     assert summary["outputs"]["new_lesions"] == "new_lesions.nii.gz"
     assert (predicted / "qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

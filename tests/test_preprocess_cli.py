@@ -83,11 +83,13 @@ def test_constant_and_4d_inputs_are_refused(runner: CliRunner, scans, tmp_path) 
         assert result.exit_code == 1 and message in result.stderr and path.name in result.stderr
 
 
-def test_without_hdbet_weights_it_stops_and_says_what_to_do(runner: CliRunner, scans, tmp_path, monkeypatch) -> None:
+def test_without_hdbet2_weights_asking_for_hdbet2_stops_and_says_what_to_do(
+    runner: CliRunner, scans, tmp_path, monkeypatch
+) -> None:
     paths = pytest.importorskip("HD_BET.paths")
     monkeypatch.setattr(paths, "folder_with_parameter_files", str(tmp_path / "hd-bet_params" / "release_2.0.0"))
     out = tmp_path / "out"
-    result = runner.invoke(app, ["preprocess", *map(str, scans), "-o", str(out), "--quiet"])
+    result = runner.invoke(app, ["preprocess", *map(str, scans), "-o", str(out), "--skull-strip", "hd-bet", "--quiet"])
     assert result.exit_code == 1
     assert "HD-BET's weights are not in place" in result.stderr and "--skull-strip none" in result.stderr
     assert not out.exists() or not any(out.iterdir())

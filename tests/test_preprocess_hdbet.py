@@ -90,11 +90,12 @@ def test_missing_weights_stop_before_any_work_and_say_where_they_go(
     weights_in(folder)
     monkeypatch.setattr(registration, "register_rigid", lambda *a, **k: pytest.fail("registration ran first"))
     with pytest.raises(SkullStripError) as caught:
-        preprocess_pair(*pair_files, PreprocessOptions(bias_correction=False))
+        preprocess_pair(*pair_files, PreprocessOptions(skull_strip="hd-bet", bias_correction=False))
     message = str(caught.value)
     assert str(folder / "fold_all" / "checkpoint_final.pth") in message
     assert "never downloads" in message and "unzip it into" in message
     assert "--skull-strip none" in message and "--brain-mask" in message
+    assert "--skull-strip hd-bet-v1" in message  # the weights that come with msnewlesion
     assert not folder.exists()
 
 
@@ -135,7 +136,7 @@ def test_cli_with_hdbet_in_a_fresh_process_reads_the_weights_from_home(home, pai
     assert completed.returncode == 0, completed.stderr
     payload = json.loads(completed.stdout)  # nothing but our JSON on stdout
     record = payload["record"]
-    assert record["brain_mask"]["method"] == "HD-BET on the baseline in the common space"
+    assert record["brain_mask"]["method"] == "HD-BET 2 on the baseline in the common space"
     assert record["brain_mask"]["weights"] == str(home / "hd-bet_params" / "release_2.0.0")
     assert record["software"]["hd-bet"]
 
@@ -149,3 +150,15 @@ def test_cli_with_hdbet_in_a_fresh_process_reads_the_weights_from_home(home, pai
     assert (brain & ~head).sum() < 0.01 * brain.sum()
     baseline = np.asarray(nib.load(str(out / "baseline.nii.gz")).dataobj)
     assert not baseline[~brain].any()
+
+
+def test_auto_runs_hdbet2_when_its_weights_are_in_place(home, pair_files, tmp_path) -> None:
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "msnewlesion", "preprocess", *map(str, pair_files), "-o", str(out)]
+    command += ["--device", "cpu", "--no-bias-correction", "--spacing", "2", "2", "2", "--json", "--quiet"]
+    completed = subprocess.run(
+        command, env={**os.environ, "HOME": str(home)}, capture_output=True, text=True, check=False, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr
+    method = json.loads(completed.stdout)["record"]["brain_mask"]["method"]
+    assert method == "HD-BET 2 on the baseline in the common space"

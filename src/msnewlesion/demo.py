@@ -66,17 +66,20 @@ def run_demo(
     *,
     device: str = "auto",
     overwrite: bool = False,
+    skull_strip: str = "none",
+    skull_strip_mode: str = "auto",
     progress: ProgressCallback | None = None,
 ) -> DemoResult:
     """Predict new lesions on the example pair with the ``demo`` model and score them.
 
     Runs the full prediction (preprocessing included; the example is already skull-stripped, so
-    skull stripping is off), writes the usual outputs to ``output`` plus ``demo_evaluation.json``,
-    and compares the new-lesion mask with the example's known new lesions.
+    skull stripping is off unless ``skull_strip`` asks for it), writes the usual outputs to
+    ``output`` plus ``demo_evaluation.json``, and compares the new-lesion mask with the example's
+    known new lesions.
     """
     pair = example_pair()
     model, provenance = open_model(DEMO_MODEL, device=device)
-    options = PredictOptions(skull_strip="none", device=device)
+    options = PredictOptions(skull_strip=skull_strip, skull_strip_mode=skull_strip_mode, device=device)
     prediction = predict_pair(pair.baseline, pair.followup, model, options, provenance=provenance, progress=progress)
     outputs = write_prediction(prediction, output, inputs=[pair.baseline, pair.followup], overwrite=overwrite)
     reference = load_mask(pair.new_lesions, what="the example's new lesions")

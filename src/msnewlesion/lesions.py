@@ -32,6 +32,7 @@ __all__ = [
     "detect_lesions",
     "detections_table",
     "label_lesions",
+    "largest_component",
     "lesion_table",
     "min_lesion_voxels",
     "remove_small_lesions",
@@ -115,6 +116,23 @@ def label_lesions(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray,
     labels = np.zeros(binary.shape, dtype=np.int32)
     count = ndimage.label(binary, structure=connectivity_structure(connectivity), output=labels)
     return labels, int(count)
+
+
+def largest_component(mask: np.ndarray, connectivity: int = 6) -> np.ndarray:
+    """The largest connected component of a mask (all False when the mask is empty).
+
+    Examples
+    --------
+    >>> mask = np.zeros((5, 5, 5), bool); mask[0, 0, 0] = True; mask[2:4, 2:4, 2:4] = True
+    >>> int(largest_component(mask).sum())
+    8
+    """
+    labels, count = label_lesions(mask, connectivity)
+    if count <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(sizes.argmax())
 
 
 def min_lesion_voxels(voxel_volume_mm3: float, min_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3) -> int:

@@ -83,8 +83,11 @@ class PredictOptions:
         False for pairs already co-registered on one grid and skull-stripped: registration,
         skull stripping and bias correction are skipped; resampling to the model's spacing, the
         model's intensity normalisation and the mapping back to the input grid still happen.
-    skull_strip : {"hd-bet", "none"}
-        How the brain mask is made when ``preprocess`` (``none``: the inputs are already stripped).
+    skull_strip : {"auto", "hd-bet", "hd-bet-v1", "none"}
+        How the brain mask is made when ``preprocess`` (``none``: the inputs are already stripped); see
+        :class:`~msnewlesion.preprocess.PreprocessOptions`.
+    skull_strip_mode : {"auto", "fast", "accurate"}
+        How much of HD-BET v1 runs (folds and mirroring).
     brain_mask : Path, optional
         A brain mask on the baseline's grid, used instead of skull stripping.
     space : {"halfway", "baseline", "followup"}
@@ -112,7 +115,8 @@ class PredictOptions:
     """
 
     preprocess: bool = True
-    skull_strip: str = "hd-bet"
+    skull_strip: str = "auto"
+    skull_strip_mode: str = "auto"
     brain_mask: Path | None = None
     space: str = "halfway"
     transform: str | None = None
@@ -141,6 +145,7 @@ class PredictOptions:
         if self.preprocess:
             overrides |= {
                 "skull_strip": self.skull_strip,
+                "skull_strip_mode": self.skull_strip_mode,
                 "brain_mask": self.brain_mask,
                 "registration": self.space,
                 "bias_correction": self.bias_correction,
@@ -380,7 +385,10 @@ def predict_pair(
                 k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(window_options).items()
             },
         },
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "timings_s": {
+            **{k: round(v, 3) for k, v in timings.items()},
+            "preprocess_steps": {step["step"]: step["seconds"] for step in pair.record["steps"]},
+        },
         "preprocessing": pair.record,
         "environment": {
             "python": platform.python_version(),

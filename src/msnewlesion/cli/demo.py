@@ -6,12 +6,19 @@ from pathlib import Path
 import typer
 
 from msnewlesion.cli.common import DEVICE_HELP, cli_errors, info, progress_bars, warn
+from msnewlesion.cli.predict import SKULL_STRIP_MODE
 
 
 @cli_errors
 def demo(
     output: Path = typer.Option(..., "-o", "--output", help="Folder for the results (created if needed)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    skull_strip: str = typer.Option(
+        "none",
+        "--skull-strip",
+        help="none (the example is already skull-stripped), or auto, hd-bet-v1, hd-bet to run skull stripping anyway.",
+    ),
+    skull_strip_mode: str = SKULL_STRIP_MODE,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in the output folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON to stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -30,7 +37,14 @@ def demo(
     from msnewlesion.demo import run_demo
 
     with progress_bars(not quiet) as progress:
-        result = run_demo(output, device=device, overwrite=overwrite, progress=progress)
+        result = run_demo(
+            output,
+            device=device,
+            overwrite=overwrite,
+            skull_strip=skull_strip,
+            skull_strip_mode=skull_strip_mode,
+            progress=progress,
+        )
     for message in result.summary.get("warnings", []):
         warn(message)
     evaluation = result.evaluation

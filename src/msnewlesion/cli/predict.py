@@ -22,7 +22,17 @@ NO_PREPROCESS = typer.Option(
     help="The pair is already co-registered on one grid and skull-stripped: skip "
     "registration, skull stripping and bias correction (resampling and normalisation still happen).",
 )
-SKULL_STRIP = typer.Option("hd-bet", "--skull-strip", help="hd-bet, or none for inputs that are already stripped.")
+SKULL_STRIP = typer.Option(
+    "auto",
+    "--skull-strip",
+    help="auto (HD-BET 2 when its weights are in place, else HD-BET v1, which ships with msnewlesion), hd-bet "
+    "(HD-BET 2), hd-bet-v1, or none for inputs that are already stripped.",
+)
+SKULL_STRIP_MODE = typer.Option(
+    "auto",
+    "--skull-strip-mode",
+    help="HD-BET v1: fast (one fold), accurate (five folds, mirrored) or auto (fast on a CPU, accurate on a GPU).",
+)
 BRAIN_MASK = typer.Option(
     None, "--brain-mask", help="A brain mask on the baseline's grid (instead of skull stripping)."
 )
@@ -60,9 +70,9 @@ SAVE_PROBABILITIES = typer.Option(False, "--save-probabilities", help="Also writ
 
 #: The parameters every command that runs predict shares (declared above, turned into PredictOptions below).
 PREDICT_PARAMETERS = (
-    "no_preprocess", "skull_strip", "brain_mask", "space", "transform", "no_bias_correction", "overlap",
-    "batch_size", "tta", "precision", "paper_mode", "threshold", "min_lesion_volume", "connectivity", "device",
-    "save_probabilities",
+    "no_preprocess", "skull_strip", "skull_strip_mode", "brain_mask", "space", "transform", "no_bias_correction",
+    "overlap", "batch_size", "tta", "precision", "paper_mode", "threshold", "min_lesion_volume", "connectivity",
+    "device", "save_probabilities",
 )  # fmt: skip
 
 
@@ -86,6 +96,7 @@ def predict(
     model: str = MODEL,
     no_preprocess: bool = NO_PREPROCESS,
     skull_strip: str = SKULL_STRIP,
+    skull_strip_mode: str = SKULL_STRIP_MODE,
     brain_mask: Optional[Path] = BRAIN_MASK,
     space: str = SPACE,
     transform: Optional[str] = TRANSFORM,

