@@ -103,3 +103,25 @@ def test_default_weights_are_the_papers() -> None:
     weights = LossWeights()
     assert (weights.new_lesion, weights.relation, weights.relation_start) == (1.0, 1.0, 10_000)
     assert weights.relation_weight(9_999) == 0.0 and weights.relation_weight(10_000) == 1.0
+
+
+def test_pairs_with_known_all_lesion_masks_supervise_both_all_lesion_heads() -> None:
+    # sample 0: a pair whose all-lesion masks are known (baseline [1, 0], follow-up [1, 1]);
+    # sample 1: a pair without them; sample 2: a single scan (label [0, 1] at both time points)
+    target = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]).reshape(3, 2, 1, 1)
+    lesions = torch.tensor(
+        [[[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [0.0, 0.0], [0.0, 1.0]]]
+    ).reshape(2, 3, 2, 1, 1)
+    known = torch.tensor([True, False, True])
+    p_baseline = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.5]]).reshape(3, 2, 1, 1)
+    p_followup = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]).reshape(3, 2, 1, 1)
+    output = make_output(p_baseline, p_followup, torch.zeros(3, 2, 1, 1))
+    terms = coactseg_loss(
+        output, target, torch.tensor([True, True, False]), iteration=1, lesions=lesions, lesions_known=known
+    )
+    # pooled over samples 0 and 2 only (sample 1's all-lesion predictions are not judged):
+    # head 1: Σpg = 1 + 0.5, Σp = 1 + 0.5, Σg = 1 + 1 → 1 − 3 / 3.5; head 2: Σpg = 1 + 1, Σp = 2, Σg = 3 → 1 − 4 / 5
+    assert terms.all_lesion == pytest.approx((1 - 3 / 3.5) + (1 - 4 / 5), abs=1e-4)
+    # without the masks, only the single scan supervises them (the paper's loss)
+    paper = coactseg_loss(output, target, torch.tensor([True, True, False]), iteration=1)
+    assert paper.all_lesion == pytest.approx((1 - 1 / 1.5) + (1 - 2 / 2), abs=1e-4)

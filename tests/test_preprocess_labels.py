@@ -82,3 +82,30 @@ def test_a_followup_label_lands_where_it_was_drawn(tmp_path: Path, runner: CliRu
 
     with pytest.raises(GeometryError, match="not on the baseline scan's grid"):
         to_common(Volume(label, follow_affine), pair, "baseline", kind="mask")
+
+
+def test_several_named_labels_per_time_point(tmp_path: Path, runner: CliRunner) -> None:
+    affine = grid_affine((64, 72, 56), (2.0, 2.0, 2.0), "RAS")
+    baseline = _scan(tmp_path / "t1.nii.gz", (64, 72, 56), affine)
+    followup = _scan(tmp_path / "t2.nii.gz", (64, 72, 56), affine)
+    small = _ball((64, 72, 56), affine, np.array([0.0, 0.0, 0.0]), 5.0)
+    large = _ball((64, 72, 56), affine, np.array([0.0, 0.0, 0.0]), 9.0)
+    for name, mask in (("small", small), ("large", large)):
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), str(tmp_path / f"{name}.nii.gz"))
+    out = tmp_path / "prep"
+    command = ["preprocess", str(baseline), str(followup), "-o", str(out), "--space", "none", "--skull-strip", "none"]
+    command += ["--no-bias-correction", "--spacing", "2", "2", "2", "--quiet"]
+    labels = ["--followup-label", f"new_lesions={tmp_path / 'small.nii.gz'}"]
+    labels += ["--followup-label", f"lesions_followup={tmp_path / 'large.nii.gz'}"]
+    labels += ["--baseline-label", str(tmp_path / "small.nii.gz")]
+    result = runner.invoke(app, [*command, *labels])
+    assert result.exit_code == 0, result.output
+    # no registration, same grid: the labels are copied voxel for voxel (cropped to the brain's box)
+    assert load_mask(out / "new_lesions.nii.gz").data.sum() == small.sum()
+    assert load_mask(out / "lesions_followup.nii.gz").data.sum() == large.sum()
+    assert load_mask(out / "baseline_label.nii.gz").data.sum() == small.sum()  # unnamed: the old default name
+
+    clash = ["--followup-label", f"x={tmp_path / 'small.nii.gz'}"]
+    clash += ["--baseline-label", f"x={tmp_path / 'large.nii.gz'}"]
+    result = runner.invoke(app, [*command[:4], str(tmp_path / "other"), *command[5:], *clash])
+    assert result.exit_code == 1 and "both be written as x.nii.gz" in result.stderr

@@ -169,7 +169,7 @@ def test_augmentation_includes_the_identity_and_keeps_time_points_aligned() -> N
     config = TrainConfig(flip_rot90=True)
     identities = 0
     for _ in range(200):
-        b, f, y = augment(base, follow, label, rng, config)
+        b, f, (y,) = augment(base, follow, [label], rng, config)
         np.testing.assert_allclose(f - b, 1.0, atol=1e-6)  # the same change at both time points
         np.testing.assert_array_equal(y, (b > 1).astype(np.uint8))  # and on the label
         identities += bool(np.array_equal(b, base))
@@ -321,3 +321,108 @@ def test_a_time_limit_stops_cleanly_for_a_later_resume(tmp_path: Path, dataset: 
     assert int(torch.load(tmp_path / "run" / "last" / "training_state.pt", weights_only=True)["iteration"]) == 1
     resumed = train(dataset, tmp_path / "run", None, resume=True, device="cpu")
     assert resumed.iterations_done == 5
+
+
+# --- all-lesion labels of pairs, crops anywhere, fine-tuning ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def dataset_with_lesions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny data set, with each pair's all-lesion masks in the optional manifest columns."""
+    folder = tmp_path_factory.mktemp("lesions")
+    manifest = make_dataset(folder)
+    with open(manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["baseline_lesions"] = row["followup_lesions"] = ""
+        if row["kind"] == "longitudinal":
+            new = np.asarray(nib.load(str(folder / row["label"])).dataobj) > 0
+            baseline = np.asarray(nib.load(str(folder / row["baseline"])).dataobj)
+            # the helper paints old lesions +4 above the background at both time points, new ones at the follow-up
+            old = (baseline > 3.0) & ~new
+            for column, mask in (("baseline_lesions", old), ("followup_lesions", old | new)):
+                name = f"{row['subject']}_{column}.nii.gz"
+                nib.save(nib.Nifti1Image(mask.astype(np.uint8), np.eye(4)), str(folder / name))
+                row[column] = name
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def test_pairs_with_all_lesion_masks_carry_them_into_the_batches(dataset_with_lesions: Path) -> None:
+    manifest = read_manifest(dataset_with_lesions)
+    assert validate_manifest(manifest) == []
+    pairs = [r for r in manifest.rows if r.longitudinal]
+    assert all(r.baseline_lesions is not None and r.has_all_lesion_labels for r in pairs)
+    samples = load_samples(manifest.split("train"), 32)
+    longitudinal = [s for s in samples if s.longitudinal]
+    single = [s for s in samples if not s.longitudinal]
+    batch = draw_batch(longitudinal, single, TrainConfig(batch_size=8, patch_size=32), iteration=3)
+    assert batch.lesions is not None and batch.lesions.shape == (2, 8, 32, 32, 32)
+    assert batch.lesions_known.tolist() == [True] * 8
+    for index in range(4):  # pairs: the follow-up's lesions hold the new ones and the baseline's
+        new, before, after = batch.target[index], batch.lesions[0, index], batch.lesions[1, index]
+        assert torch.all(after >= torch.maximum(new, before)) and not torch.any((new > 0) & (before > 0))
+    for index in range(4, 8):  # single scans: their label at both time points
+        assert torch.equal(batch.lesions[0, index], batch.target[index])
+        assert torch.equal(batch.lesions[1, index], batch.target[index])
+    # without the columns a pair does not supervise the all-lesion heads
+    plain = load_samples(read_manifest(make_dataset_dir(dataset_with_lesions)).split("train"), 32)
+    batch = draw_batch([s for s in plain if s.longitudinal], [s for s in plain if not s.longitudinal],
+                       TrainConfig(batch_size=8, patch_size=32), iteration=3)  # fmt: skip
+    assert batch.lesions_known.tolist() == [False] * 4 + [True] * 4
+
+
+def make_dataset_dir(manifest: Path) -> Path:
+    """The same tiny data set without the optional columns, in a sibling folder."""
+    return make_dataset(manifest.parent.parent / "plain")
+
+
+def test_manifest_lesion_columns_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text(
+        "subject,kind,baseline,followup,label,brain_mask,split,baseline_lesions,followup_lesions\n"
+        "a,longitudinal,a1.nii.gz,a2.nii.gz,a.nii.gz,,train,a_b.nii.gz,\n"
+        "b,single,b.nii.gz,,b_l.nii.gz,,train,b_b.nii.gz,b_f.nii.gz\n"
+    )
+    with pytest.raises(InputError) as error:
+        read_manifest(tmp_path / "m.csv")
+    message = str(error.value)
+    assert "line 2 (a): give both baseline_lesions and followup_lesions, or neither" in message
+    assert "line 3 (b): a single sample has its all-lesion mask in 'label'" in message
+
+
+def test_random_crops_reach_the_whole_brain_and_time_points_get_their_own_jitter(dataset: Path) -> None:
+    from msnewlesion.training.data import sample_patch
+
+    sample = next(s for s in load_samples(read_manifest(dataset).split("train"), 32) if s.longitudinal)
+    rng = np.random.default_rng(0)
+    lesion_starts = {tuple(np.argwhere(sample_patch(sample, 16, rng, 0)[2][0])[0]) for _ in range(20)}
+    assert all(lesion_starts)  # lesion-centred crops always hold lesion voxels
+    random_crops = [sample_patch(sample, 16, rng, 0, random_crop_fraction=1.0)[2][0] for _ in range(40)]
+    assert any(not crop.any() for crop in random_crops)  # some crops fall far from every lesion
+
+    base = np.random.default_rng(1).normal(size=(8, 8, 8)).astype(np.float32)
+    config = TrainConfig(flip_rot90=False, time_point_jitter=0.2)
+    b, f, _ = augment(base, base.copy(), [np.zeros((8, 8, 8), np.uint8)], np.random.default_rng(2), config)
+    assert not np.allclose(b, f)  # each time point its own scale and offset
+    assert np.corrcoef(b.ravel(), f.ravel())[0, 1] > 0.999  # but the same anatomy
+
+
+def test_init_from_starts_from_another_models_weights(tmp_path: Path, dataset: Path) -> None:
+    first = train(dataset, tmp_path / "first", TrainConfig(iterations=2, batch_size=4, patch_size=32, width=4,
+                                                           val_every=2, save_every=2), device="cpu")  # fmt: skip
+    start = load_model(first.last).network.state_dict()
+    tuned = TrainConfig(iterations=1, batch_size=4, patch_size=32, width=4, val_every=1, save_every=1, lr=1e-9,
+                        init_from=str(first.last))  # fmt: skip
+    second = train(dataset, tmp_path / "second", tuned, device="cpu")
+    weights = load_model(second.last).network.state_dict()
+    name = "encoder.levels.0.units.0.conv.weight"
+    assert name in weights
+    assert torch.allclose(weights[name], start[name], atol=1e-6)  # a 1e-9 step from the start, not from scratch
+    assert load_model(second.last).config.extra["training"]["init_from"] == str(first.last)
+
+    wider = TrainConfig(iterations=1, batch_size=4, patch_size=32, width=8, init_from=str(first.last))
+    with pytest.raises(InputError, match=r"width 4 \(this run: 8\)"):
+        train(dataset, tmp_path / "third", wider, device="cpu")

@@ -1,6 +1,7 @@
 """``msnewlesion preprocess``: a raw pair of FLAIRs to a co-registered, skull-stripped, normalised pair."""
 
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +38,25 @@ def _summary(pair, output: Path, seconds: float) -> str:
         f"({record['common_grid']['space']}), brain {record['brain_mask']['volume_ml']:.0f} ml{moved}, "
         f"{seconds:.0f} s"
     )
+
+
+_LABEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def _label_files(given: dict[str, list[str]]) -> dict[str, tuple[str, Path]]:
+    """Output name → (the time point whose grid the mask is on, its path), from ``[NAME=]MASK`` values."""
+    from msnewlesion.errors import InputError
+
+    labels: dict[str, tuple[str, Path]] = {}
+    for which, values in given.items():
+        for value in values:
+            name, separator, path = value.partition("=")
+            if not separator or not _LABEL_NAME.fullmatch(name):
+                name, path = f"{which}_label", value
+            if name in labels:
+                raise InputError(f"two labels would both be written as {name}.nii.gz: give them distinct NAME=")
+            labels[name] = (which, Path(path))
+    return labels
 
 
 @cli_errors
@@ -89,17 +109,19 @@ def preprocess(
         "--min-registration-correlation",
         help="Refuse a registration after which the two heads correlate less than this (it landed far off).",
     ),
-    baseline_label: Optional[Path] = typer.Option(
+    baseline_label: Optional[list[str]] = typer.Option(
         None,
         "--baseline-label",
-        help="A mask on the baseline's grid to carry into the common space "
-        "(nearest neighbour), written as baseline_label.nii.gz: e.g. its all-lesion mask, for training.",
+        metavar="[NAME=]MASK",
+        help="A mask on the baseline's grid to carry into the common space (nearest neighbour), written as "
+        "NAME.nii.gz (default baseline_label.nii.gz): e.g. its all-lesion mask, for training. Repeatable.",
     ),
-    followup_label: Optional[Path] = typer.Option(
+    followup_label: Optional[list[str]] = typer.Option(
         None,
         "--followup-label",
-        help="A mask on the follow-up's grid to carry into the common space, "
-        "written as followup_label.nii.gz: e.g. its new-lesion mask, for training.",
+        metavar="[NAME=]MASK",
+        help="A mask on the follow-up's grid to carry into the common space, written as NAME.nii.gz (default "
+        "followup_label.nii.gz): e.g. its new-lesion mask, for training. Repeatable.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -122,6 +144,9 @@ def preprocess(
         msnewlesion preprocess t1.nii.gz t2.nii.gz -o prep --skull-strip none --spacing 0.5 0.75 0.75 --space baseline
 
         msnewlesion preprocess t1.nii.gz t2.nii.gz -o prep --skull-strip none --followup-label new_lesions.nii.gz
+
+        msnewlesion preprocess t1.nii.gz t2.nii.gz -o prep --space none --followup-label new=new_lesions.nii.gz
+        --followup-label all_followup=lesions_followup.nii.gz --baseline-label all_baseline=lesions_baseline.nii.gz
     """
     import time
 
@@ -159,18 +184,18 @@ def preprocess(
         if model is not None
         else PreprocessOptions(**values)
     )
-    label_files = {"baseline_label": baseline_label, "followup_label": followup_label}
-    label_files = {name: path for name, path in label_files.items() if path is not None}
-    inputs = [baseline, followup, *label_files.values()] + ([brain_mask] if brain_mask is not None else [])
+    label_files = _label_files({"baseline": baseline_label or [], "followup": followup_label or []})
+    inputs = [baseline, followup, *(path for _, path in label_files.values())]
+    inputs += [brain_mask] if brain_mask is not None else []
     planned = [*preprocessed_outputs(output).values(), *(output / f"{name}.nii.gz" for name in label_files)]
     check_outputs_free(planned, inputs=inputs, overwrite=overwrite)
-    label_masks = {name: load_mask(path, what=name.replace("_", " ")) for name, path in label_files.items()}
+    label_masks = {
+        name: (which, load_mask(path, what=f"{which} label {name}")) for name, (which, path) in label_files.items()
+    }
 
     with progress_bars(not quiet) as progress:
         pair = preprocess_pair(baseline, followup, options, progress=progress)
-        labels = {
-            name: to_common(mask, pair, name.removesuffix("_label"), kind="mask") for name, mask in label_masks.items()
-        }
+        labels = {name: to_common(mask, pair, which, kind="mask") for name, (which, mask) in label_masks.items()}
         written = save_preprocessed(pair, output, overwrite=overwrite, labels=labels)
     if json_output:
         console.print_json(json.dumps({"files": [str(p) for p in written], "record": pair.record}, default=str))

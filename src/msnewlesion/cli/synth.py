@@ -14,6 +14,7 @@ class Mode(str, Enum):
     remove = "remove"
     add = "add"
     both = "both"
+    none = "none"
 
 
 class Split(str, Enum):
@@ -36,7 +37,10 @@ def synth(
     start: int = typer.Option(0, "--start", min=0, help="Index of the first pair (to extend a series)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of pair 0; pair i uses seed + i."),
     mode: Mode = typer.Option(
-        Mode.both, "--mode", help="New lesions by removing lesions from the baseline, adding to the follow-up, or both."
+        Mode.both,
+        "--mode",
+        help="New lesions by removing lesions from the baseline, adding to the follow-up, or both; none makes null "
+        "pairs (one brain, no new lesion: with --acquisition, two acquisitions of an unchanged brain).",
     ),
     removed: int = typer.Option(
         3, "--removed", min=0, help="Lesions to remove from the baseline (modes remove, both)."
@@ -74,6 +78,21 @@ def synth(
         help="Split motion and drift between both time points and add noise to both, or change the follow-up only.",
     ),
     interpolation: int = typer.Option(3, "--interpolation", help="Spline order for motion: 3 (cubic) or 1 (linear)."),
+    acquisition: bool = typer.Option(
+        False,
+        "--acquisition",
+        help="Give each time point its own simulated scanner acquisition (2D thick slices or 3D, in-plane spacing, "
+        "contrast, bias, Rician noise, ghosting, CSF flow artefacts), drawn independently (docs/synth.md).",
+    ),
+    slice_thickness: tuple[float, float] = typer.Option(
+        (2.0, 6.0), "--slice-thickness", metavar="MIN MAX", help="With --acquisition: slice thickness of 2D scans, mm."
+    ),
+    in_plane_spacing: tuple[float, float] = typer.Option(
+        (0.5, 1.3), "--in-plane-spacing", metavar="MIN MAX", help="With --acquisition: in-plane voxel size, mm."
+    ),
+    two_d_fraction: float = typer.Option(
+        0.65, "--two-d-fraction", help="With --acquisition: share of time points acquired as 2D thick-slice scans."
+    ),
     brain_mask: Optional[Path] = typer.Option(
         None, "--brain-mask", help="Brain mask, when the FLAIR's non-zero voxels are not the brain."
     ),
@@ -100,9 +119,22 @@ def synth(
 
         msnewlesion synth p07/flair.nii.gz p07/lesions.nii.gz --library lesion_masks/ -o synthetic --pairs 20
         msnewlesion synth p26/flair.nii.gz p26/lesions.nii.gz --library lesion_masks/ -o synthetic --split val
-    """
-    from msnewlesion.synth import SynthOptions, write_synthetic_pairs
 
+        msnewlesion synth p07/flair.nii.gz p07/lesions.nii.gz --library lesion_masks/ -o real-like --acquisition
+
+        msnewlesion synth p07/flair.nii.gz p07/lesions.nii.gz -o null-pairs --mode none --acquisition --pairs 10
+    """
+    from msnewlesion.synth import AcquisitionOptions, SynthOptions, write_synthetic_pairs
+
+    acquisition_options = (
+        AcquisitionOptions(
+            two_d_probability=two_d_fraction,
+            slice_thickness_mm=slice_thickness,
+            in_plane_spacing_mm=in_plane_spacing,
+        )
+        if acquisition
+        else None
+    )
     options = SynthOptions(
         seed=seed,
         removed_lesions=removed if mode in (Mode.remove, Mode.both) else 0,
@@ -122,6 +154,7 @@ def synth(
         noise_std=noise,
         symmetric=symmetric,
         interpolation_order=interpolation,
+        acquisition=acquisition_options,
     )
     with progress_bars(not quiet) as bars:
         summaries = write_synthetic_pairs(

@@ -2,9 +2,11 @@
 
 Two kinds of samples share a batch. Two-time-point (longitudinal) samples carry new-lesion
 labels and supervise the new-lesion head; single-time-point samples carry all-lesion labels and
-supervise the baseline and follow-up heads. The relation regulariser ties the heads together:
-on new-lesion voxels the baseline head should say "no lesion" and the follow-up head "lesion";
-on a single scan (no change between the "time points") both all-lesion heads should agree.
+supervise the baseline and follow-up heads. Pairs whose all-lesion masks are known at both
+time points (synthetic pairs know them exactly) supervise the two all-lesion heads too. The
+relation regulariser ties the heads together: on new-lesion voxels the baseline head should say
+"no lesion" and the follow-up head "lesion"; on a single scan (no change between the "time
+points") both all-lesion heads should agree.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ def coactseg_loss(
     *,
     iteration: int,
     weights: LossWeights | None = None,
+    lesions: torch.Tensor | None = None,
+    lesions_known: torch.Tensor | None = None,
 ) -> LossTerms:
     """The CoactSeg training loss for one mixed batch.
 
@@ -133,6 +137,11 @@ def coactseg_loss(
         The training iteration being taken, counting from 1 (drives the regulariser's schedule).
     weights : LossWeights, optional
         λ1, λ2 and the iteration λ2 starts at; the paper's values by default.
+    lesions : Tensor, optional
+        All-lesion targets of the baseline and follow-up heads, shape (2, N, X, Y, Z).
+    lesions_known : Tensor, optional
+        Boolean of shape (N,): which samples have ``lesions``. Without these two, the all-lesion heads
+        learn from the single-time-point samples' labels only (the paper's loss).
     """
     weights = weights or LossWeights()
     longitudinal = longitudinal.to(torch.bool).to(target.device)
@@ -141,10 +150,15 @@ def coactseg_loss(
     p_followup = lesion_probabilities(output.followup.float())
     p_new = lesion_probabilities(output.new.float())
 
+    if lesions is None or lesions_known is None:
+        supervised, baseline_target, followup_target = single, target, target
+    else:
+        supervised = lesions_known.to(torch.bool).to(target.device)
+        baseline_target, followup_target = lesions[0], lesions[1]
     all_lesion = _zero_like(p_baseline, p_followup)
-    if bool(single.any()):
-        all_lesion = all_lesion + soft_dice_loss(p_baseline[single], target[single])
-        all_lesion = all_lesion + soft_dice_loss(p_followup[single], target[single])
+    if bool(supervised.any()):
+        all_lesion = all_lesion + soft_dice_loss(p_baseline[supervised], baseline_target[supervised])
+        all_lesion = all_lesion + soft_dice_loss(p_followup[supervised], followup_target[supervised])
     new_lesion = _zero_like(p_new)
     if bool(longitudinal.any()):
         new_lesion = new_lesion + soft_dice_loss(p_new[longitudinal], target[longitudinal])

@@ -10,11 +10,13 @@ grid, :func:`synthesize_pair` makes a baseline and a follow-up that differ by kn
   location in the library when it fits), about 1.3 times as bright as the local normal white matter, with
   soft edges;
 
-then a small rigid motion, a smooth multiplicative intensity drift and noise between the time points.
+then a small rigid motion, a smooth multiplicative intensity drift and noise between the time points, and,
+when asked, each time point's own simulated scanner acquisition (:mod:`msnewlesion.synth.acquisition`).
 :data:`MASK_DEFINITION` says exactly what the masks are. :func:`write_synthetic_pairs` writes many pairs and
 a training manifest; ``msnewlesion synth`` is its command line.
 """
 
+from msnewlesion.synth.acquisition import AcquisitionOptions, simulate_acquisition
 from msnewlesion.synth.dataset import (
     MANIFEST_COLUMNS,
     MANIFEST_NAME,
@@ -39,6 +41,7 @@ __all__ = [
     "MANIFEST_NAME",
     "MASK_DEFINITION",
     "PAIR_FILES",
+    "AcquisitionOptions",
     "LesionLibrary",
     "LibraryLesion",
     "PairSummary",
@@ -50,6 +53,7 @@ __all__ = [
     "fit_tissue_model",
     "load_lesion_library",
     "save_synthetic_pair",
+    "simulate_acquisition",
     "synthesize_pair",
     "update_manifest",
     "write_synthetic_pairs",

@@ -17,7 +17,7 @@ from msnewlesion.progress import ProgressCallback, report
 from msnewlesion.synth.library import LesionLibrary, load_lesion_library
 from msnewlesion.synth.pair import PAIR_FILES, SynthOptions, save_synthetic_pair, synthesize_pair
 from msnewlesion.synth.tissue import fit_tissue_model
-from msnewlesion.training.manifest import COLUMNS, SPLITS, read_manifest_table
+from msnewlesion.training.manifest import COLUMNS, LESION_COLUMNS, SPLITS, read_manifest_table
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: Columns of the training manifest (see docs/training.md).
-MANIFEST_COLUMNS = COLUMNS
+MANIFEST_COLUMNS = COLUMNS + LESION_COLUMNS
 MANIFEST_NAME = "manifest.csv"
 
 
@@ -245,6 +245,8 @@ def write_synthetic_pairs(
                     "label": f"{name}/{PAIR_FILES['new_lesions']}",
                     "brain_mask": "",
                     "split": split,
+                    "baseline_lesions": f"{name}/{PAIR_FILES['lesions_baseline']}",
+                    "followup_lesions": f"{name}/{PAIR_FILES['lesions_followup']}",
                 }
             ],
         )

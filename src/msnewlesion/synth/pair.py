@@ -15,6 +15,7 @@ from scipy import ndimage
 from msnewlesion import __version__
 from msnewlesion.errors import InputError
 from msnewlesion.io import Volume, atomic_directory, check_same_grid, save_volume, write_json
+from msnewlesion.synth.acquisition import AcquisitionOptions, simulate_acquisition
 from msnewlesion.synth.library import LesionLibrary, LibraryLesion
 from msnewlesion.synth.nuisance import (
     DRIFT_TERMS,
@@ -125,6 +126,11 @@ class SynthOptions:
         moved, drifted and made noisier.
     interpolation_order : int
         Spline order for moving images: 3 (cubic, sharp) or 1 (linear).
+    acquisition : AcquisitionOptions, optional
+        Give each time point its own simulated scanner acquisition (slice thickness and gaps, in-plane
+        spacing, contrast, bias, Rician noise, ghosting, CSF flow artefacts), drawn independently, and bring
+        it back onto the grid with the interpolation ``predict`` uses (see
+        :mod:`msnewlesion.synth.acquisition`). None: both time points keep the input's resolution.
     """
 
     seed: int = 0
@@ -148,8 +154,11 @@ class SynthOptions:
     noise_std: float = 0.02
     symmetric: bool = True
     interpolation_order: int = 3
+    acquisition: AcquisitionOptions | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.acquisition, dict):
+            object.__setattr__(self, "acquisition", AcquisitionOptions.from_dict(self.acquisition))
         problems = []
 
         def check(condition: bool, message: str) -> None:
@@ -192,7 +201,9 @@ class SynthOptions:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values["acquisition"] = self.acquisition.to_dict() if self.acquisition is not None else None
+        return values
 
 
 @dataclass
@@ -476,8 +487,10 @@ def synthesize_pair(
                 f"{options.max_lesion_volume_mm3:g} mm³ ({library.describe()}); widen the size range"
             )
 
-    removal_rng, addition_rng, motion_rng, drift_rng, noise_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(options.seed).spawn(5)
+    # Six streams; the first five are those of pairs made before acquisitions were simulated (spawn(6)[:5]
+    # equals spawn(5)), so such pairs are reproduced bit for bit.
+    removal_rng, addition_rng, motion_rng, drift_rng, noise_rng, acquisition_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(options.seed).spawn(6)
     )
     painter = _Painter(flair, tissue, options)
 
@@ -584,6 +597,19 @@ def synthesize_pair(
         if options.symmetric:
             baseline[box] += np.where(in_brain_baseline[box], baseline_noise * np.float32(noise_sigma), 0)
 
+    acquisitions: dict[str, Any] | None = None
+    if options.acquisition is not None:
+        baseline_rng, followup_rng = acquisition_rng.spawn(2)
+        baseline, baseline_acquisition = simulate_acquisition(
+            baseline, flair.affine, in_brain_baseline & in_brain_followup, baseline_rng, options.acquisition,
+            fluid=tissue.fluid, white_matter_mean=tissue.white_matter_mean,
+        )  # fmt: skip
+        followup, followup_acquisition = simulate_acquisition(
+            followup, flair.affine, in_brain_baseline & in_brain_followup, followup_rng, options.acquisition,
+            fluid=tissue.fluid, white_matter_mean=tissue.white_matter_mean,
+        )  # fmt: skip
+        acquisitions = {"baseline": baseline_acquisition, "followup": followup_acquisition}
+
     _, _, new_sizes = label_lesions(new_lesions)
 
     record: dict[str, Any] = {
@@ -597,7 +623,8 @@ def synthesize_pair(
         "options": options.to_dict(),
         "random": {
             "generator": "numpy PCG64",
-            "streams": "SeedSequence(seed).spawn(5): removal, addition, motion, drift, noise",
+            "streams": "SeedSequence(seed).spawn(6): removal, addition, motion, drift, noise, acquisition "
+            "(the last spawns the baseline's and the follow-up's)",
         },
         "mask_definition": MASK_DEFINITION,
         "tissue": tissue.summary(),
@@ -641,6 +668,7 @@ def synthesize_pair(
             "relative_std": options.noise_std,
             "time_points": "both" if options.symmetric else "follow-up",
         },
+        "acquisition": acquisitions,
         "new_lesions": {
             "count": len(new_sizes),
             "voxels": int(new_lesions.sum()),

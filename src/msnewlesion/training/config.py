@@ -14,7 +14,7 @@ from msnewlesion.model.config import INTENSITY_NORMALIZATIONS, NORM_LAYERS
 
 __all__ = ["BEST_METRICS", "TrainConfig"]
 
-BEST_METRICS = ("new_lesion_dice", "new_lesion_f1", "all_lesion_dice", "mean_dice")
+BEST_METRICS = ("new_lesion_dice", "new_lesion_f1", "new_lesion_pooled_f1", "all_lesion_dice", "mean_dice")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,15 @@ class TrainConfig:
         Random rotation up to this angle in the first plane (0: off).
     intensity_jitter : float
         Random intensity scale and shift up to this fraction (0: off), the same at both time points.
+    time_point_jitter : float
+        Random intensity scale and shift up to this fraction, drawn for each time point on its own (0: off):
+        teaches that two acquisitions normalised separately differ without a lesion.
+    random_crop_fraction : float
+        Share of the crops of samples with lesions that are centred anywhere in the brain instead of on a
+        lesion (0: the paper's lesion-weighted crops only).
+    init_from : str
+        A model (folder, registry name or Hub repository) whose weights initialise the network (fine-tuning;
+        the architecture and width must match); empty: random initialisation.
     val_every, save_every : int
         Validate and checkpoint every so many iterations (and always at the end).
     best_metric : str
@@ -64,6 +73,10 @@ class TrainConfig:
         How the (preprocessed) training images were normalised; recorded in the model's config.
     model_name, description, training_data, license : str
         Recorded in the trained model's ``config.json`` (the sample counts are added to ``training_data``).
+    input_domain : dict
+        What the training images were like, recorded in the model's ``config.json`` (``extra.input_domain``)
+        for ``predict``'s out-of-domain warnings: ``slice_thickness_mm`` and ``in_plane_spacing_mm`` as
+        [min, max] of the acquisitions the training data simulated or held.
     """
 
     iterations: int = 20_000
@@ -83,6 +96,9 @@ class TrainConfig:
     flip_rot90: bool = True
     rotation_degrees: float = 0.0
     intensity_jitter: float = 0.0
+    time_point_jitter: float = 0.0
+    random_crop_fraction: float = 0.0
+    init_from: str = ""
     val_every: int = 1_000
     save_every: int = 1_000
     best_metric: str = "new_lesion_dice"
@@ -95,6 +111,7 @@ class TrainConfig:
     description: str = ""
     training_data: str = ""
     license: str = ""
+    input_domain: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = []
@@ -121,8 +138,10 @@ class TrainConfig:
             problems.append(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.intensity_normalization not in INTENSITY_NORMALIZATIONS:
             problems.append(f"intensity_normalization must be one of {', '.join(INTENSITY_NORMALIZATIONS)}")
-        if self.crop_shift < 0 or self.rotation_degrees < 0 or self.intensity_jitter < 0:
-            problems.append("crop_shift, rotation_degrees and intensity_jitter must not be negative")
+        if min(self.crop_shift, self.rotation_degrees, self.intensity_jitter, self.time_point_jitter) < 0:
+            problems.append("crop_shift, rotation_degrees, intensity_jitter and time_point_jitter must not be negative")
+        if not 0.0 <= self.random_crop_fraction <= 1.0:
+            problems.append(f"random_crop_fraction must be in [0, 1], got {self.random_crop_fraction}")
         if problems:
             raise InputError("invalid training config: " + "; ".join(problems))
 

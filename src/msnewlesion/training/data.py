@@ -7,6 +7,7 @@ uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +20,7 @@ from scipy import ndimage
 from msnewlesion.io import load_mask, load_volume
 from msnewlesion.model.network import make_input
 from msnewlesion.progress import ProgressCallback, report
+from msnewlesion.synth.tissue import bounding_box
 from msnewlesion.training.config import TrainConfig
 from msnewlesion.training.manifest import ManifestRow
 
@@ -27,7 +29,12 @@ __all__ = ["Batch", "TrainingSample", "augment", "batches", "draw_batch", "load_
 
 @dataclass
 class TrainingSample:
-    """One manifest row loaded in memory (padded to at least one patch)."""
+    """One manifest row loaded in memory (padded to at least one patch).
+
+    ``label`` is the new-lesion mask of a longitudinal sample, the all-lesion mask of a single one.
+    ``lesions`` holds the all-lesion masks of the two time points when known: (baseline, follow-up); a
+    single scan's are its label twice; None for a longitudinal sample without them.
+    """
 
     subject: str
     longitudinal: bool
@@ -38,6 +45,15 @@ class TrainingSample:
     foreground: np.ndarray  # flat indices of label voxels
     spacing: tuple[float, float, float]
     original_shape: tuple[int, int, int]
+    lesions: tuple[np.ndarray, np.ndarray] | None = None
+
+    @functools.cached_property
+    def brain_extent(self) -> tuple[np.ndarray, np.ndarray]:
+        """First and last voxel of the brain's box (the whole array when the brain mask is empty)."""
+        box = bounding_box(self.brain)
+        if box is None:
+            return np.zeros(3, dtype=int), np.array(self.brain.shape) - 1
+        return np.array([b.start for b in box]), np.array([b.stop - 1 for b in box])
 
 
 def _pad_to(array: np.ndarray, minimum: int, value: float) -> np.ndarray:
@@ -59,6 +75,16 @@ def load_sample(row: ManifestRow, patch_size: int) -> TrainingSample:
     followup = baseline if row.followup is None else _pad_to(followup, patch_size, background)
     label = _pad_to(label.astype(np.uint8), patch_size, 0)
     brain = _pad_to(brain, patch_size, False)
+    lesions: tuple[np.ndarray, np.ndarray] | None = None
+    if not row.longitudinal:
+        lesions = (label, label)
+    elif row.baseline_lesions is not None and row.followup_lesions is not None:
+        lesions = (
+            _pad_to(load_mask(row.baseline_lesions, what=f"baseline lesions of {row.where()}").data, patch_size, 0)
+            .astype(np.uint8),
+            _pad_to(load_mask(row.followup_lesions, what=f"follow-up lesions of {row.where()}").data, patch_size, 0)
+            .astype(np.uint8),
+        )  # fmt: skip
     return TrainingSample(
         subject=row.subject,
         longitudinal=row.longitudinal,
@@ -69,6 +95,7 @@ def load_sample(row: ManifestRow, patch_size: int) -> TrainingSample:
         foreground=np.flatnonzero(label),
         spacing=baseline_volume.spacing,
         original_shape=baseline_volume.shape,
+        lesions=lesions,
     )
 
 
@@ -92,37 +119,65 @@ def load_samples(
     return samples
 
 
+def _brain_box_starts(sample: TrainingSample, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The range of window starts whose window centre lies in the brain's box."""
+    shape = np.array(sample.label.shape)
+    first, last = sample.brain_extent
+    low = np.clip(first - patch_size // 2, 0, shape - patch_size)
+    high = np.clip(last - patch_size // 2, low, shape - patch_size)
+    return low, high
+
+
 def sample_patch(
-    sample: TrainingSample, patch_size: int, rng: np.random.Generator, crop_shift: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    sample: TrainingSample,
+    patch_size: int,
+    rng: np.random.Generator,
+    crop_shift: int,
+    random_crop_fraction: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """A lesion-weighted crop: centred on a random label voxel moved by up to ``crop_shift`` voxels.
 
-    A sample without label voxels gives a uniformly random crop.
+    A sample without label voxels, and a share ``random_crop_fraction`` of the others, gives a crop
+    centred anywhere in the brain's box instead.
+
+    Returns
+    -------
+    baseline, followup : ndarray
+        The two time points' patches.
+    labels : list of ndarray
+        The label's patch, then the two all-lesion masks' patches when the sample has them.
     """
     shape = np.array(sample.label.shape)
-    if sample.foreground.size:
+    lesion_centred = bool(sample.foreground.size) and not rng.random() < random_crop_fraction
+    if lesion_centred:
         centre = np.array(np.unravel_index(sample.foreground[rng.integers(sample.foreground.size)], shape))
         centre = centre + rng.integers(-crop_shift, crop_shift + 1, size=3)
         start = np.clip(centre - patch_size // 2, 0, shape - patch_size)
     else:
-        start = np.array([rng.integers(0, s - patch_size + 1) for s in shape])
+        low, high = _brain_box_starts(sample, patch_size)
+        start = np.array([rng.integers(a, b + 1) for a, b in zip(low, high, strict=True)])
     window = tuple(slice(int(s), int(s) + patch_size) for s in start)
-    return sample.baseline[window], sample.followup[window], sample.label[window]
+    labels = [sample.label[window]]
+    if sample.lesions is not None:
+        labels += [sample.lesions[0][window], sample.lesions[1][window]]
+    return sample.baseline[window], sample.followup[window], labels
 
 
 def augment(
     baseline: np.ndarray,
     followup: np.ndarray,
-    label: np.ndarray,
+    labels: list[np.ndarray],
     rng: np.random.Generator,
     config: TrainConfig,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Random flips and 90° rotations (the identity among them), small rotations and intensity jitter.
 
-    The same geometric change is applied to both time points and the label, and the same intensity
-    change to both time points, so the difference channel keeps its meaning.
+    The same geometric change is applied to both time points and every label. ``intensity_jitter``
+    changes both time points alike, so the difference channel keeps its meaning;
+    ``time_point_jitter`` then changes each time point's scale and offset on its own, as two
+    acquisitions normalised separately differ.
     """
-    arrays = [baseline, followup, label]
+    arrays = [baseline, followup, *labels]
     if config.flip_rot90:
         turns = int(rng.integers(0, 4))
         flips = [axis for axis in range(3) if rng.random() < 0.5]
@@ -131,24 +186,38 @@ def augment(
     if config.rotation_degrees > 0:
         angle = float(rng.uniform(-config.rotation_degrees, config.rotation_degrees))
         arrays = [
-            ndimage.rotate(a, angle, axes=(0, 1), reshape=False, order=0 if i == 2 else 1, mode="nearest")
+            ndimage.rotate(a, angle, axes=(0, 1), reshape=False, order=0 if i >= 2 else 1, mode="nearest")
             for i, a in enumerate(arrays)
         ]
-    base, follow, lab = (np.ascontiguousarray(a) for a in arrays)
+    base, follow, *labs = (np.ascontiguousarray(a) for a in arrays)
     if config.intensity_jitter > 0:
         scale = 1.0 + float(rng.uniform(-config.intensity_jitter, config.intensity_jitter))
         shift = float(rng.uniform(-config.intensity_jitter, config.intensity_jitter))
         base = base * scale + shift
         follow = follow * scale + shift
-    return base.astype(np.float32, copy=False), follow.astype(np.float32, copy=False), lab
+    if config.time_point_jitter > 0:
+        jitter = config.time_point_jitter
+        base = base * (1.0 + float(rng.uniform(-jitter, jitter))) + float(rng.uniform(-jitter, jitter))
+        follow = follow * (1.0 + float(rng.uniform(-jitter, jitter))) + float(rng.uniform(-jitter, jitter))
+    return base.astype(np.float32, copy=False), follow.astype(np.float32, copy=False), labs
 
 
 @dataclass
 class Batch:
+    """One training batch.
+
+    ``target`` holds each sample's label (new lesions, or all lesions of a single scan);
+    ``lesions`` the all-lesion targets of the baseline and follow-up heads, (2, N, P, P, P), where
+    ``lesions_known`` says which samples have them (single scans, and pairs whose manifest row gives
+    them); zeros elsewhere.
+    """
+
     inputs: torch.Tensor  # (N, 3, P, P, P)
     target: torch.Tensor  # (N, P, P, P) float
     longitudinal: torch.Tensor  # (N,) bool
     subjects: list[str]
+    lesions: torch.Tensor | None = None  # (2, N, P, P, P) float
+    lesions_known: torch.Tensor | None = None  # (N,) bool
 
 
 def batch_counts(config: TrainConfig, has_longitudinal: bool, has_single: bool) -> tuple[int, int]:
@@ -176,13 +245,16 @@ def draw_batch(
         if count:
             indices = rng.choice(len(pool), size=count, replace=len(pool) < count)
             chosen.extend(pool[int(i)] for i in indices)
-    bases, follows, labels = [], [], []
+    bases, follows, labels, lesions, known = [], [], [], [], []
     for sample in chosen:
-        b, f, y = sample_patch(sample, config.patch_size, rng, config.crop_shift)
-        b, f, y = augment(b, f, y, rng, config)
+        b, f, patches = sample_patch(sample, config.patch_size, rng, config.crop_shift, config.random_crop_fraction)
+        b, f, patches = augment(b, f, patches, rng, config)
         bases.append(b)
         follows.append(f)
-        labels.append(y)
+        labels.append(patches[0])
+        known.append(len(patches) == 3)
+        empty = np.zeros_like(patches[0])
+        lesions.append(np.stack(patches[1:] if len(patches) == 3 else [empty, empty]))
     baseline = torch.from_numpy(np.stack(bases))
     followup = torch.from_numpy(np.stack(follows))
     return Batch(
@@ -190,6 +262,8 @@ def draw_batch(
         target=torch.from_numpy(np.stack(labels).astype(np.float32)),
         longitudinal=torch.tensor([s.longitudinal for s in chosen], dtype=torch.bool),
         subjects=[s.subject for s in chosen],
+        lesions=torch.from_numpy(np.stack(lesions, axis=1).astype(np.float32)),
+        lesions_known=torch.tensor(known, dtype=torch.bool),
     )
 
 

@@ -59,6 +59,8 @@ LOG_COLUMNS = (
     "seconds",
     "val_new_lesion_dice",
     "val_new_lesion_f1",
+    "val_new_lesion_pooled_f1",
+    "val_false_positive_lesions",
     "val_all_lesion_dice",
     "val_mean_dice",
 )
@@ -220,8 +222,33 @@ def _model_config(config: TrainConfig, spacing: tuple[float, ...], manifest: Man
             if part
         ),
         license=config.license,
-        extra={"training": {"iterations": config.iterations, "seed": config.seed}},
+        extra={
+            "training": {"iterations": config.iterations, "seed": config.seed, "init_from": config.init_from or None},
+            **({"input_domain": dict(config.input_domain)} if config.input_domain else {}),
+        },
     )
+
+
+def _initialise_from(network: CoactSeg, spec: str) -> None:
+    """Start from another model's weights (fine-tuning): same architecture and width, loaded strictly.
+
+    ``spec`` is a model folder, a registry name or a Hub repository, as for ``predict --model``.
+    """
+    from msnewlesion.hub import resolve_model
+
+    folder = resolve_model(spec).path
+    start = load_model(folder)
+    ours, theirs = network.config, start.config
+    different = [
+        name for name in ("architecture", "width", "norm", "in_channels", "num_classes")
+        if getattr(ours, name) != getattr(theirs, name)
+    ]  # fmt: skip
+    if different:
+        listed = ", ".join(
+            f"{name} {getattr(theirs, name)!r} (this run: {getattr(ours, name)!r})" for name in different
+        )
+        raise InputError(f"init_from {spec} ({folder}) cannot start this run: its {listed}")
+    network.load_state_dict(start.network.state_dict())
 
 
 def _save_checkpoint(
@@ -252,6 +279,7 @@ def _validate(
         precision="fp32" if device.type == "cpu" else "auto",
     )
     new_dice, new_f1, all_dice = [], [], []
+    detected_ref = refs = detected_pred = preds = false_positives = 0
     # sliding_window_predict runs an eval-mode copy: the training network's state is never touched
     for sample in samples:
         maps = sliding_window_predict(
@@ -264,8 +292,14 @@ def _validate(
         )
         if sample.longitudinal:
             result = evaluate_case(maps.new > 0.5, sample.label > 0, sample.spacing)
-            new_dice.append(result.dice)
-            new_f1.append(result.lesion_f1)
+            detected_ref += result.n_detected_ref_lesions
+            refs += result.n_ref_lesions
+            detected_pred += result.n_detected_pred_lesions
+            preds += result.n_pred_lesions
+            false_positives += result.n_fp_lesions
+            if result.n_ref_lesions:  # pairs without new lesions count by their false positives only
+                new_dice.append(result.dice)
+                new_f1.append(result.lesion_f1)
         else:
             result = evaluate_case(maps.baseline > 0.5, sample.label > 0, sample.spacing)
             all_dice.append(result.dice)
@@ -274,9 +308,14 @@ def _validate(
         finite = [v for v in values if v is not None and math.isfinite(v)]
         return float(np.mean(finite)) if finite else float("nan")
 
+    sensitivity = detected_ref / refs if refs else float("nan")
+    ppv = detected_pred / preds if preds else (1.0 if refs else float("nan"))
+    pooled_f1 = 2 * sensitivity * ppv / (sensitivity + ppv) if sensitivity + ppv > 0 else 0.0
     metrics = {
         "val_new_lesion_dice": mean(new_dice),
         "val_new_lesion_f1": mean(new_f1),
+        "val_new_lesion_pooled_f1": pooled_f1 if refs else float("nan"),
+        "val_false_positive_lesions": float(false_positives),
         "val_all_lesion_dice": mean(all_dice),
     }
     present = [v for v in (metrics["val_new_lesion_dice"], metrics["val_all_lesion_dice"]) if math.isfinite(v)]
@@ -416,6 +455,8 @@ def _train(
 
     torch.manual_seed(config.seed)
     network = CoactSeg(model_config).to(device)
+    if config.init_from and not resume:
+        _initialise_from(network, config.init_from)
     # oneDNN trains 3D convolutions about twice as fast on channels-last tensors
     channels_last = device.type == "cpu"
     if channels_last:
@@ -469,7 +510,15 @@ def _train(
         target = batch.target.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             output = model(inputs)
-        terms = coactseg_loss(output, target, batch.longitudinal, iteration=iteration, weights=weights)
+        terms = coactseg_loss(
+            output,
+            target,
+            batch.longitudinal,
+            iteration=iteration,
+            weights=weights,
+            lesions=batch.lesions.to(device, non_blocking=True) if batch.lesions is not None else None,
+            lesions_known=batch.lesions_known,
+        )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms.total).backward()
         scaler.step(optimizer)

@@ -1,9 +1,13 @@
 """The training manifest: a CSV listing every training and validation sample.
 
-Columns: ``subject, kind, baseline, followup, label, brain_mask, split``.
+Columns: ``subject, kind, baseline, followup, label, brain_mask, split`` and, optionally,
+``baseline_lesions, followup_lesions``.
 
 - ``kind`` is ``longitudinal`` (a baseline and a follow-up on one grid, with a NEW-lesion label) or
   ``single`` (one scan in ``baseline``, ``followup`` empty, with an ALL-lesion label).
+- ``baseline_lesions`` and ``followup_lesions`` (longitudinal rows only, optional): ALL-lesion masks of
+  each time point, when known (synthetic pairs know them exactly). They supervise the two all-lesion
+  heads on that pair as well.
 - ``brain_mask`` is optional; without it the brain is the image's nonzero voxels.
 - ``split`` is ``train`` or ``val``.
 - Relative paths are relative to the manifest's folder.
@@ -25,6 +29,7 @@ from msnewlesion.progress import ProgressCallback, report
 __all__ = [
     "COLUMNS",
     "KINDS",
+    "LESION_COLUMNS",
     "SPLITS",
     "Manifest",
     "ManifestRow",
@@ -34,6 +39,8 @@ __all__ = [
 ]
 
 COLUMNS = ("subject", "kind", "baseline", "followup", "label", "brain_mask", "split")
+#: Optional columns: the all-lesion masks of a longitudinal pair's two time points.
+LESION_COLUMNS = ("baseline_lesions", "followup_lesions")
 REQUIRED_COLUMNS = ("subject", "kind", "baseline", "label")
 KINDS = ("longitudinal", "single")
 SPLITS = ("train", "val")
@@ -51,10 +58,17 @@ class ManifestRow:
     label: Path
     brain_mask: Path | None
     split: str
+    baseline_lesions: Path | None = None
+    followup_lesions: Path | None = None
 
     @property
     def longitudinal(self) -> bool:
         return self.kind == "longitudinal"
+
+    @property
+    def has_all_lesion_labels(self) -> bool:
+        """Whether this row supervises the all-lesion heads (single scans always do)."""
+        return not self.longitudinal or (self.baseline_lesions is not None and self.followup_lesions is not None)
 
     def where(self) -> str:
         return f"line {self.line} ({self.subject})"
@@ -138,6 +152,14 @@ def read_manifest(path: str | Path) -> Manifest:
         if kind == "single" and followup:
             problems.append(f"{where}: a single sample has its one image in 'baseline' and an empty 'followup'")
         mask = record.get("brain_mask", "")
+        lesion_masks = {column: record.get(column, "") for column in LESION_COLUMNS}
+        if kind == "single" and any(lesion_masks.values()):
+            problems.append(
+                f"{where}: a single sample has its all-lesion mask in 'label'; "
+                f"leave {' and '.join(LESION_COLUMNS)} empty"
+            )
+        elif sum(bool(value) for value in lesion_masks.values()) == 1:
+            problems.append(f"{where}: give both {' and '.join(LESION_COLUMNS)}, or neither")
         rows.append(
             ManifestRow(
                 line=number,
@@ -148,6 +170,10 @@ def read_manifest(path: str | Path) -> Manifest:
                 label=_resolve(record.get("label", ""), root),
                 brain_mask=_resolve(mask, root) if mask else None,
                 split=split,
+                **{
+                    column: _resolve(value, root) if value and kind == "longitudinal" else None
+                    for column, value in lesion_masks.items()
+                },
             )
         )
     if not rows:
@@ -188,7 +214,13 @@ def validate_manifest(
     rows = manifest.rows
     for index, row in enumerate(rows):
         report(progress, "checking the manifest", index, len(rows))
-        files = {"baseline": row.baseline, "followup": row.followup, "label": row.label, "brain_mask": row.brain_mask}
+        files = {
+            "baseline": row.baseline,
+            "followup": row.followup,
+            "label": row.label,
+            "brain_mask": row.brain_mask,
+            **{column: getattr(row, column) for column in LESION_COLUMNS},
+        }
         geometries = {}
         for column, path in files.items():
             if path is None:
@@ -228,12 +260,14 @@ def validate_manifest(
 
 def _value_problems(row: ManifestRow, readable: dict, *, check_images: bool) -> list[str]:
     problems = []
-    if "label" in readable:
-        label = np.asanyarray(nib.load(str(row.label)).dataobj)
-        values = np.unique(label)
+    for column in ("label", *LESION_COLUMNS):
+        if column not in readable:
+            continue
+        path = getattr(row, column)
+        values = np.unique(np.asanyarray(nib.load(str(path)).dataobj))
         if not np.all(np.isin(values, (0, 1))):
             shown = ", ".join(f"{v:g}" for v in values[:6]) + (" …" if values.size > 6 else "")
-            problems.append(f"{row.where()}: label {row.label} is not binary (values {shown}); use 0 and 1")
+            problems.append(f"{row.where()}: {column} {path} is not binary (values {shown}); use 0 and 1")
     for column in ("baseline", "followup") if check_images else ():
         if column in readable:
             path = getattr(row, column)
