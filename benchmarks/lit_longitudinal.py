@@ -7,13 +7,15 @@ first to the second study are new-lesion-like, so the reference here is the set 
 whose mean FLAIR intensity rises (both studies brought onto the common grid with the dataset's own
 transforms and scaled by their median brain intensity).
 
-Steps: the dataset's brain mask is taken onto study 1's grid; ``msnewlesion predict`` runs on the raw
-pair (registration, N4, the model; skull stripping replaced by that mask); its new-lesion mask (on
-study 2's grid) is taken onto the common grid and scored lesion-wise with ``msnewlesion evaluate``'s
-rules. Run by hand; the numbers measured are in docs/performance.md.
+Steps: ``msnewlesion predict`` runs on the raw pair (registration, skull stripping, N4, the model),
+either with its defaults (``--brain-mask default``: HD-BET v1 makes the brain mask, as for a user) or
+with the dataset's brain mask taken onto study 1's grid (``--brain-mask dataset``), or both (the
+default); its new-lesion mask (on study 2's grid) is taken onto the common grid and scored lesion-wise
+with ``msnewlesion evaluate``'s rules: sensitivity, PPV, F1 and the number of false-positive lesions.
+Run by hand; the numbers measured are in docs/performance.md.
 
-    python benchmarks/lit_longitudinal.py [--model demo] [--data tests/data/lit/longitudinal/patient01]
-    python benchmarks/lit_longitudinal.py --predict-args "--threshold 0.9 --min-lesion-volume 30"
+    python benchmarks/lit_longitudinal.py [--model coactseg-lit] [--data tests/data/lit/longitudinal/patient01]
+    python benchmarks/lit_longitudinal.py --brain-mask dataset --predict-args "--min-brightening 0.5"
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def main() -> None:
     from msnewlesion.metrics import EvaluationOptions, evaluate_case
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo")
+    parser.add_argument("--model", default=None, help="a model (default: predict's default model)")
+    parser.add_argument("--brain-mask", choices=("default", "dataset", "both"), default="both")
     parser.add_argument("--data", type=Path, default=ROOT / "tests" / "data" / "lit" / "longitudinal" / "patient01")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rise", type=float, default=0.0, help="minimum relative brightening of a change lesion")
@@ -56,30 +59,6 @@ def main() -> None:
     brain_study1 = common_to_study1.apply_to_image(brain_common, reference=study1, interpolation="nearestneighbor")
     ants.image_write(brain_study1, str(work / "brain_study1.nii.gz"))
 
-    output = work / "prediction"
-    command = [
-        sys.executable,
-        "-m",
-        "msnewlesion",
-        "predict",
-        str(data / "study1_FLAIR.nii.gz"),
-        str(data / "study2_FLAIR.nii.gz"),
-        "-o",
-        str(output),
-        "--model",
-        args.model,
-        "--skull-strip",
-        "none",
-        "--brain-mask",
-        str(work / "brain_study1.nii.gz"),
-        "--device",
-        args.device,
-        "--quiet",
-        *args.predict_args.split(),
-    ]
-    subprocess.run(command, check=True)
-    summary = json.loads((output / "summary.json").read_text())
-
     on_common = {
         index: ants.apply_transforms(
             fixed=common, moving=image, transformlist=[to_common[index]], interpolator="linear"
@@ -93,30 +72,48 @@ def main() -> None:
     labels, count = ndimage.label(change_mask, np.ones((3, 3, 3)))
     rises = ndimage.mean(scaled[2] - scaled[1], labels, index=np.arange(1, count + 1))
     brightening = np.isin(labels, 1 + np.flatnonzero(np.asarray(rises) > args.rise))
-
-    predicted = ants.image_read(str(output / "new_lesions.nii.gz"))
-    predicted_common = (
-        ants.apply_transforms(
-            fixed=common, moving=predicted, transformlist=[to_common[2]], interpolator="nearestNeighbor"
-        ).numpy()
-        > 0
-    )
     spacing = tuple(float(s) for s in change.header.get_zooms()[:3])
-    result = evaluate_case(predicted_common, brightening, spacing, EvaluationOptions(), case="patient01")
-    report = {
-        "change_lesions": int(count),
-        "brightening_change_lesions": int(np.sum(np.asarray(rises) > args.rise)),
-        "reference_lesions_after_size_rule": result.n_ref_lesions,
-        "predicted_new_lesions": summary["new_lesions"]["count"],
-        "predicted_lesions_on_common_grid_after_size_rule": result.n_pred_lesions,
-        "lesion_sensitivity": result.lesion_sensitivity,
-        "lesion_ppv": result.lesion_ppv,
-        "lesion_f1": result.lesion_f1,
-        "dice": result.dice,
-        "seconds": summary["timings_s"]["total"],
-        "work": str(work),
-    }
-    print(json.dumps(report, indent=2))
+
+    reports = {}
+    modes = ("default", "dataset") if args.brain_mask == "both" else (args.brain_mask,)
+    for mode in modes:
+        output = work / f"prediction-{mode}"
+        command = [sys.executable, "-m", "msnewlesion", "predict", str(data / "study1_FLAIR.nii.gz")]
+        command += [str(data / "study2_FLAIR.nii.gz"), "-o", str(output), "--device", args.device, "--quiet"]
+        command += ["--model", args.model] if args.model else []
+        if mode == "dataset":
+            command += ["--skull-strip", "none", "--brain-mask", str(work / "brain_study1.nii.gz")]
+        subprocess.run([*command, *args.predict_args.split()], check=True)
+        summary = json.loads((output / "summary.json").read_text())
+        predicted = ants.image_read(str(output / "new_lesions.nii.gz"))
+        predicted_common = (
+            ants.apply_transforms(
+                fixed=common, moving=predicted, transformlist=[to_common[2]], interpolator="nearestNeighbor"
+            ).numpy()
+            > 0
+        )
+        result = evaluate_case(predicted_common, brightening, spacing, EvaluationOptions(), case="patient01")
+        reports[mode] = {
+            "brain_mask": "HD-BET v1 (predict's default)" if mode == "default" else "the dataset's",
+            "model": summary["model"]["name"],
+            "change_lesions": int(count),
+            "brightening_change_lesions": int(np.sum(np.asarray(rises) > args.rise)),
+            "reference_lesions_after_size_rule": result.n_ref_lesions,
+            "predicted_new_lesions": summary["new_lesions"]["count"],
+            "predicted_lesions_on_common_grid_after_size_rule": result.n_pred_lesions,
+            "lesion_sensitivity": result.lesion_sensitivity,
+            "lesion_ppv": result.lesion_ppv,
+            "lesion_f1": result.lesion_f1,
+            "false_positive_lesions": result.n_fp_lesions,
+            "dice": result.dice,
+            "lesions_baseline_ml": summary["lesions_baseline"]["volume_mm3"] / 1000,
+            "lesions_followup_ml": summary["lesions_followup"]["volume_mm3"] / 1000,
+            "warnings": summary["warnings"],
+            "seconds": summary["timings_s"]["total"],
+            "timings_s": summary["timings_s"],
+            "output": str(output),
+        }
+    print(json.dumps(reports, indent=2))
 
 
 if __name__ == "__main__":

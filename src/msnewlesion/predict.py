@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy import ndimage
 
 from msnewlesion import __version__
 from msnewlesion.device import resolve_device
+from msnewlesion.domain import InputDomain, acquisition_warnings, lesion_load_warnings, registration_warnings
 from msnewlesion.errors import InputError
 from msnewlesion.inference import HeadProbabilities, SlidingWindowOptions, resolve_precision, sliding_window_predict
 from msnewlesion.io import Volume, check_outputs_free, load_volume, save_volume, write_json, write_text
@@ -112,6 +114,11 @@ class PredictOptions:
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     save_probabilities : bool
         Also write the three probability maps.
+    min_brightening : float, optional
+        Keep only new lesions whose mean follow-up intensity exceeds the mean baseline intensity at the same
+        voxels by at least this much (in the normalised images' units: brain standard deviations); the
+        probabilities of the others are set to 0. None: no such rule (the default; see docs/predict.md for
+        what it was measured to do).
     """
 
     preprocess: bool = True
@@ -131,6 +138,7 @@ class PredictOptions:
     connectivity: int = 26
     device: str = "auto"
     save_probabilities: bool = False
+    min_brightening: float | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
@@ -139,6 +147,8 @@ class PredictOptions:
             raise InputError(f"--min-lesion-volume must be ≥ 0 mm³, got {self.min_lesion_volume}")
         if self.connectivity not in (6, 26):
             raise InputError(f"--connectivity must be 6 or 26, got {self.connectivity}")
+        if self.min_brightening is not None and not np.isfinite(self.min_brightening):
+            raise InputError(f"--min-brightening must be a finite number, got {self.min_brightening}")
 
     def preprocess_options(self, config: ModelConfig) -> PreprocessOptions:
         overrides: dict[str, Any] = {"device": self.device}
@@ -198,6 +208,7 @@ class Prediction:
     common: PreprocessedPair
     new_lesions_common: np.ndarray
     warnings: list[str] = field(default_factory=list)
+    lesions_common: tuple[np.ndarray, np.ndarray] | None = None  # baseline's and follow-up's, for the QC picture
 
 
 def _to_layout(values: Sequence[Any], config: ModelConfig) -> tuple:
@@ -317,6 +328,12 @@ def predict_pair(
     pair = preprocess_pair(baseline, followup, options.preprocess_options(model.config), progress=progress)
     timings["preprocess"] = time.perf_counter() - clock
     warnings = _pair_warnings(pair)
+    warnings += acquisition_warnings(
+        {"baseline FLAIR": baseline.spacing, "follow-up FLAIR": followup.spacing},
+        InputDomain.of(model.config),
+        provenance.name,
+    )
+    warnings += registration_warnings(pair.record.get("registration", {}))
 
     clock = time.perf_counter()
     maps = _run_network(model, pair, options, device, progress)
@@ -326,6 +343,10 @@ def predict_pair(
     report(progress, "map back to the input grids", 0, 3)
     threshold = 0.5 if options.paper_mode else (options.threshold or model.config.threshold)
     min_volume = 0.0 if options.paper_mode else options.min_lesion_volume
+    rejected: dict[str, Any] | None = None
+    if options.min_brightening is not None and not options.paper_mode:
+        new_map, rejected = _require_brightening(maps.new, pair, threshold, options)
+        maps = HeadProbabilities(maps.baseline, maps.followup, new_map)
     probability = {
         "new_lesions": to_native(maps.new, pair, "followup", kind="probability"),
         "lesions_baseline": to_native(maps.baseline, pair, "baseline", kind="probability"),
@@ -342,16 +363,24 @@ def predict_pair(
         probability=probability["new_lesions"].data,
         connectivity=options.connectivity,
     )
-    new_common = maps.new > threshold
+    common_masks = [m > threshold for m in (maps.new, maps.baseline, maps.followup)]
     if min_volume > 0:
         common_min_voxels = min_lesion_voxels(pair.baseline.voxel_volume, min_volume)
-        new_common = remove_small_lesions(new_common, common_min_voxels, options.connectivity)
+        common_masks = [remove_small_lesions(m, common_min_voxels, options.connectivity) for m in common_masks]
+    new_common, lesions_baseline_common, lesions_followup_common = common_masks
     timings["map_back"] = time.perf_counter() - clock
     report(progress, "map back to the input grids", 3, 3)
     timings["total"] = time.perf_counter() - started
 
     window_options = options.window_options(model.config)
     autocast = resolve_precision(window_options.precision, device)
+    volumes = {key: _volume_summary(masks[key], counts[key]) for key in masks}
+    warnings += lesion_load_warnings(
+        float(np.count_nonzero(pair.brain_mask.data)) * pair.baseline.voxel_volume,
+        volumes["new_lesions"]["count"],
+        volumes["new_lesions"]["volume_mm3"],
+        {"baseline": volumes["lesions_baseline"]["volume_mm3"], "follow-up": volumes["lesions_followup"]["volume_mm3"]},
+    )
     summary = {
         "msnewlesion_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -361,9 +390,9 @@ def predict_pair(
             "baseline_grid": {"shape": list(baseline.shape), "spacing_mm": list(baseline.spacing)},
             "followup_grid": {"shape": list(followup.shape), "spacing_mm": list(followup.spacing)},
         },
-        "new_lesions": _volume_summary(masks["new_lesions"], counts["new_lesions"]),
-        "lesions_baseline": _volume_summary(masks["lesions_baseline"], counts["lesions_baseline"]),
-        "lesions_followup": _volume_summary(masks["lesions_followup"], counts["lesions_followup"]),
+        "new_lesions": volumes["new_lesions"],
+        "lesions_baseline": volumes["lesions_baseline"],
+        "lesions_followup": volumes["lesions_followup"],
         "model": {
             "name": provenance.name,
             "source": provenance.source,
@@ -395,6 +424,7 @@ def predict_pair(
             "torch": torch.__version__,
             "platform": platform.platform(),
         },
+        "post_processing": {"min_brightening": rejected},
         "warnings": warnings,
     }
     return Prediction(
@@ -407,7 +437,28 @@ def predict_pair(
         common=pair,
         new_lesions_common=new_common,
         warnings=warnings,
+        lesions_common=(lesions_baseline_common, lesions_followup_common),
     )
+
+
+def _require_brightening(
+    new: np.ndarray, pair: PreprocessedPair, threshold: float, options: PredictOptions
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Set to 0 the probabilities of candidate new lesions that are not brighter at the follow-up.
+
+    A candidate is a connected component of ``new > threshold`` on the common grid; it stays when its
+    mean follow-up − baseline difference (normalised units) is at least ``options.min_brightening``.
+    """
+    assert options.min_brightening is not None
+    labels, count = label_lesions(new > threshold, options.connectivity)
+    if count == 0:
+        return new, {"threshold": options.min_brightening, "candidates": 0, "rejected": 0}
+    difference = pair.followup.data.astype(np.float64) - pair.baseline.data.astype(np.float64)
+    means = np.asarray(ndimage.mean(difference, labels, index=np.arange(1, count + 1)))
+    rejected = np.flatnonzero(means < options.min_brightening) + 1
+    kept = np.where(np.isin(labels, rejected), np.float32(0), new).astype(np.float32)
+    record = {"threshold": options.min_brightening, "candidates": int(count), "rejected": int(rejected.size)}
+    return kept, record
 
 
 def _volume_summary(mask: Volume, count: int) -> dict[str, Any]:
@@ -487,6 +538,7 @@ def write_prediction(
         spacing=common.baseline.spacing,
         title="msnewlesion",
         lesion_count=int(prediction.summary["new_lesions"]["count"]),
+        lesions=prediction.lesions_common,
     )
     summary = dict(prediction.summary)
     summary["timings_s"] = dict(summary["timings_s"], write=round(time.perf_counter() - clock, 3))

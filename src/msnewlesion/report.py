@@ -57,11 +57,14 @@ def save_qc_figure(
     title: str = "",
     count: int = 4,
     lesion_count: int | None = None,
+    lesions: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """Write a PNG: rows of axial slices, baseline beside follow-up, new lesions outlined in red.
 
     The outline is solid red on the follow-up; a faint dotted yellow trace marks the same place on
-    the baseline, so the reader can check that the lesion was not there before.
+    the baseline, so the reader can check that the lesion was not there before. ``lesions`` (the
+    all-lesion masks of the baseline and of the follow-up) are outlined thinly in cyan on their own
+    image. Without new lesions, the slices go through the follow-up's largest lesions.
 
     The images must share one grid in RAS orientation (the preprocessing's common space), so the
     same slice shows the same anatomy at both time points.
@@ -71,7 +74,8 @@ def save_qc_figure(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    slices = choose_qc_slices(new_lesions, brain_mask, count=count)
+    chooser = new_lesions if new_lesions.any() or lesions is None else lesions[1]
+    slices = choose_qc_slices(chooser, brain_mask, count=count)
     rows = max(len(slices), 1)
     found = lesion_count if lesion_count is not None else int(ndimage.label(new_lesions, np.ones((3, 3, 3)))[1])
     brain = brain_mask if brain_mask is not None and brain_mask.any() else np.ones(followup.shape, bool)
@@ -90,6 +94,10 @@ def save_qc_figure(
             axis = axes[row][column]
             shown = np.where(brain[:, :, z], image[:, :, z], lo)[box]
             axis.imshow(_display(shown), cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+            if lesions is not None:
+                known = _display(ndimage.binary_dilation(lesions[column][:, :, z][box]).astype(float))
+                if known.any():
+                    axis.contour(known, levels=[0.5], colors="cyan", linewidths=0.5, alpha=0.8)
             # drawn one voxel outside the lesion, so the line surrounds it instead of covering it
             outline = _display(ndimage.binary_dilation(new_lesions[:, :, z][box]).astype(float))
             if outline.any():
@@ -107,7 +115,8 @@ def save_qc_figure(
         f"{found} new lesion{'s' if found != 1 else ''} (red on the follow-up)" if found else "no new lesion found"
     )
     figure.suptitle(f"{heading}: {summary}", color="white", fontsize=10)
-    figure.text(0.5, 0.005, "R on the left (radiological view)", color="gray", fontsize=7, ha="center")
+    legend = "R on the left (radiological view)" + ("; all lesions in cyan" if lesions is not None else "")
+    figure.text(0.5, 0.005, legend, color="gray", fontsize=7, ha="center")
     figure.tight_layout(rect=(0, 0.02, 1, 0.97))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, facecolor="black")

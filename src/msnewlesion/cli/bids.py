@@ -15,6 +15,7 @@ from msnewlesion.cli.predict import (
     BATCH_SIZE,
     CONNECTIVITY,
     DEVICE,
+    MIN_BRIGHTENING,
     MIN_LESION_VOLUME,
     MODEL,
     NO_BIAS_CORRECTION,
@@ -190,6 +191,7 @@ def bids(
     connectivity: int = CONNECTIVITY,
     device: str = DEVICE,
     save_probabilities: bool = SAVE_PROBABILITIES,
+    min_brightening: Optional[float] = MIN_BRIGHTENING,
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo pairs whose results are complete already."),
     as_json: bool = typer.Option(
         False, "--json", help="Print every pair and its status (participant) or the group table (group) as JSON."

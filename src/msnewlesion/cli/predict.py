@@ -66,13 +66,19 @@ MIN_LESION_VOLUME = typer.Option(
 CONNECTIVITY = typer.Option(26, "--connectivity", help="Voxel connectivity of a lesion: 26 or 6.")
 DEVICE = typer.Option("auto", "--device", help=DEVICE_HELP)
 SAVE_PROBABILITIES = typer.Option(False, "--save-probabilities", help="Also write the three probability maps.")
+MIN_BRIGHTENING = typer.Option(
+    None,
+    "--min-brightening",
+    help="Keep only new lesions whose mean follow-up intensity exceeds the baseline's there by this much (brain "
+    "standard deviations); off by default (docs/predict.md).",
+)
 
 
 #: The parameters every command that runs predict shares (declared above, turned into PredictOptions below).
 PREDICT_PARAMETERS = (
     "no_preprocess", "skull_strip", "skull_strip_mode", "brain_mask", "space", "transform", "no_bias_correction",
     "overlap", "batch_size", "tta", "precision", "paper_mode", "threshold", "min_lesion_volume", "connectivity",
-    "device", "save_probabilities",
+    "device", "save_probabilities", "min_brightening",
 )  # fmt: skip
 
 
@@ -111,6 +117,7 @@ def predict(
     connectivity: int = CONNECTIVITY,
     device: str = DEVICE,
     save_probabilities: bool = SAVE_PROBABILITIES,
+    min_brightening: Optional[float] = MIN_BRIGHTENING,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in the output folder."),
     skip_existing: bool = typer.Option(
         False, "--skip-existing", help="Exit successfully without work when the folder already holds a result."
