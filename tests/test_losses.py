@@ -125,3 +125,18 @@ def test_pairs_with_known_all_lesion_masks_supervise_both_all_lesion_heads() -> 
     # without the masks, only the single scan supervises them (the paper's loss)
     paper = coactseg_loss(output, target, torch.tensor([True, True, False]), iteration=1)
     assert paper.all_lesion == pytest.approx((1 - 1 / 1.5) + (1 - 2 / 2), abs=1e-4)
+
+
+def test_cross_entropy_sees_what_dice_barely_does() -> None:
+    # one lesion voxel found exactly; 999 background voxels at probability 0.3 (scattered false positives)
+    target = torch.zeros(1, 1000)
+    target[0, 0] = 1.0
+    probabilities = torch.full((1, 1000), 0.3)
+    probabilities[0, 0] = 1.0 - 1e-6
+    output = make_output(probabilities, probabilities, probabilities)
+    longitudinal = torch.tensor([True])
+    plain = coactseg_loss(output, target, longitudinal, iteration=1)
+    with_ce = coactseg_loss(output, target, longitudinal, iteration=1, weights=LossWeights(cross_entropy=1.0))
+    background_ce = -math.log(0.7) * 999 / 1000
+    assert with_ce.new_lesion == pytest.approx(plain.new_lesion + background_ce, abs=1e-3)
+    assert LossWeights().cross_entropy == 0.0  # the paper's loss by default

@@ -68,6 +68,7 @@ def run_demo(
     overwrite: bool = False,
     skull_strip: str = "none",
     skull_strip_mode: str = "auto",
+    engine: str = "auto",
     progress: ProgressCallback | None = None,
 ) -> DemoResult:
     """Predict new lesions on the example pair with the ``demo`` model and score them.
@@ -79,7 +80,9 @@ def run_demo(
     """
     pair = example_pair()
     model, provenance = open_model(DEMO_MODEL, device=device)
-    options = PredictOptions(skull_strip=skull_strip, skull_strip_mode=skull_strip_mode, device=device)
+    options = PredictOptions(
+        skull_strip=skull_strip, skull_strip_mode=skull_strip_mode, engine=engine, device=device
+    )
     prediction = predict_pair(pair.baseline, pair.followup, model, options, provenance=provenance, progress=progress)
     outputs = write_prediction(prediction, output, inputs=[pair.baseline, pair.followup], overwrite=overwrite)
     reference = load_mask(pair.new_lesions, what="the example's new lesions")

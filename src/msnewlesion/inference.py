@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from msnewlesion.engines import BatchRunner, openvino_runner, resolve_engine, torch_runner
 from msnewlesion.errors import InputError
 from msnewlesion.model.network import CoactSeg, fold_batch_norm, lesion_probabilities
 from msnewlesion.progress import ProgressCallback, report
@@ -70,7 +71,12 @@ class SlidingWindowOptions:
         Skip windows that hold no brain-mask voxel (their probabilities are 0).
     precision : {"auto", "fp32", "bf16", "fp16"}
         Autocast dtype. ``auto``: on CUDA, fp32 (TF32 tensor cores) on Ampere and newer GPUs and fp16 on
-        older ones; on CPUs, bf16 where they have native bf16 instructions, else fp32.
+        older ones; on CPUs, bf16 where they have native bf16 instructions, else fp32. The same for both
+        engines.
+    engine : {"auto", "torch", "openvino"}
+        What runs the forward pass (:mod:`msnewlesion.engines`): ``auto`` is OpenVINO on the CPU when it
+        is installed, PyTorch elsewhere. Only the forward pass changes; tiling, blending, mirroring and
+        window skipping are the same.
     """
 
     patch_size: tuple[int, int, int] = (80, 80, 80)
@@ -82,6 +88,7 @@ class SlidingWindowOptions:
     mirror: bool = False
     skip_empty: bool = True
     precision: str = "auto"
+    engine: str = "torch"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -99,6 +106,8 @@ class SlidingWindowOptions:
             raise InputError(f"batch size must be at least 1, got {self.batch_size}")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.engine not in ("auto", "torch", "openvino"):
+            raise InputError(f"engine must be auto, torch or openvino, got {self.engine!r}")
 
     def steps(self) -> tuple[int, int, int]:
         if self.step is not None:
@@ -207,14 +216,24 @@ def _windows(
 _MIRROR_AXES = [axes for r in range(4) for axes in itertools.combinations((2, 3, 4), r)]
 
 
-def _forward_probabilities(network: nn.Module, batch: torch.Tensor, mirror: bool) -> torch.Tensor:
+class _HeadProbabilities(nn.Module):
+    """A CoactSeg network whose output is the (B, 3, X, Y, Z) lesion probabilities of its three heads."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([lesion_probabilities(head.float()) for head in self.network(x)], dim=1)
+
+
+def _forward_probabilities(run: BatchRunner, batch: torch.Tensor, mirror: bool) -> torch.Tensor:
     """(B, 3, X, Y, Z) float32 lesion probabilities of the baseline, follow-up and new-lesion heads."""
     variants = _MIRROR_AXES if mirror else [()]
     total: torch.Tensor | None = None
     for axes in variants:
         inputs = torch.flip(batch, dims=axes) if axes else batch
-        output = network(inputs)
-        probabilities = torch.stack([lesion_probabilities(head.float()) for head in output], dim=1)
+        (probabilities,) = run(inputs)
         if axes:
             probabilities = torch.flip(probabilities, dims=axes)
         total = probabilities if total is None else total + probabilities
@@ -283,40 +302,27 @@ def sliding_window_predict(
         device = next(network.parameters()).device
     device = torch.device(device)
     autocast_dtype = resolve_precision(options.precision, device)
+    engine = resolve_engine(options.engine, device)
     if pad_value is None:
         outside = baseline[~brain_mask.astype(bool)] if brain_mask is not None else np.zeros(0)
         pad_value = float(np.median(outside)) if outside.size else 0.0
-    # An inference copy: batch norms folded into the convolutions, and on CPUs the channels-last
-    # layout that oneDNN runs 3D convolutions fastest in. The caller's network is left untouched.
-    channels_last = device.type == "cpu"
-    runner = fold_batch_norm(network) if isinstance(network, CoactSeg) else copy.deepcopy(network).eval()
-    runner = runner.to(device)
-    if channels_last:
-        runner = runner.to(memory_format=torch.channels_last_3d)
-    return _predict_windows(
-        runner,
-        baseline,
-        followup,
-        options,
-        brain_mask,
-        device,
-        autocast_dtype,
-        channels_last,
-        pad_value,
-        progress,
-        stage,
-    )
+    # An inference copy with batch norms folded into the convolutions; the caller's network is left untouched.
+    inference_copy = fold_batch_norm(network) if isinstance(network, CoactSeg) else copy.deepcopy(network).eval()
+    probabilities = _HeadProbabilities(inference_copy).eval()
+    if engine == "openvino":
+        run = openvino_runner(probabilities.cpu(), (options.batch_size, 3, *options.patch_size), autocast_dtype)
+    else:
+        run = torch_runner(probabilities.to(device), device, autocast_dtype)
+    return _predict_windows(run, baseline, followup, options, brain_mask, device, pad_value, progress, stage)
 
 
 def _predict_windows(
-    network: nn.Module,
+    run: BatchRunner,
     baseline: np.ndarray,
     followup: np.ndarray | None,
     options: SlidingWindowOptions,
     brain_mask: np.ndarray | None,
     device: torch.device,
-    autocast_dtype: torch.dtype | None,
-    channels_last: bool,
     pad_value: float,
     progress: ProgressCallback | None,
     stage: str,
@@ -354,14 +360,7 @@ def _predict_windows(
                 f = follow_tensor[window]
                 patches.append(torch.stack((b, f, f - b)))
             batch = torch.stack(patches).to(device)
-            if channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last_3d)
-            if autocast_dtype is not None:
-                with torch.autocast(device_type=device.type, dtype=autocast_dtype):
-                    probabilities = _forward_probabilities(network, batch, options.mirror)
-            else:
-                probabilities = _forward_probabilities(network, batch, options.mirror)
-            probabilities = probabilities.to(accumulate_on)
+            probabilities = _forward_probabilities(run, batch, options.mirror).to(accumulate_on)
             for index, window in enumerate(batch_windows):
                 sums[(slice(None), *window)] += probabilities[index] * weights_patch
                 weights[window] += weights_patch

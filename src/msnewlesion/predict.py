@@ -26,6 +26,7 @@ from scipy import ndimage
 from msnewlesion import __version__
 from msnewlesion.device import resolve_device
 from msnewlesion.domain import InputDomain, acquisition_warnings, lesion_load_warnings, registration_warnings
+from msnewlesion.engines import resolve_engine
 from msnewlesion.errors import InputError
 from msnewlesion.inference import HeadProbabilities, SlidingWindowOptions, resolve_precision, sliding_window_predict
 from msnewlesion.io import Volume, check_outputs_free, load_volume, save_volume, write_json, write_text
@@ -100,6 +101,9 @@ class PredictOptions:
         N4 bias-field correction before registration.
     overlap, batch_size, tta, precision
         Sliding-window settings (see :class:`~msnewlesion.inference.SlidingWindowOptions`).
+    engine : {"auto", "torch", "openvino"}
+        What runs the networks' forward passes, the lesion network's and the skull stripping's
+        (:mod:`msnewlesion.engines`): ``auto`` is OpenVINO on the CPU when installed, PyTorch elsewhere.
     paper_mode : bool
         The published inference: 80³ windows, stride 20, plain mean, fp32, threshold 0.5, no lesion
         size filter, and the follow-up all-lesion map from a second pass on (follow-up, follow-up, 0).
@@ -132,6 +136,7 @@ class PredictOptions:
     batch_size: int = 2
     tta: bool = False
     precision: str = "auto"
+    engine: str = "auto"
     paper_mode: bool = False
     threshold: float | None = None
     min_lesion_volume: float = 3.0
@@ -151,7 +156,7 @@ class PredictOptions:
             raise InputError(f"--min-brightening must be a finite number, got {self.min_brightening}")
 
     def preprocess_options(self, config: ModelConfig) -> PreprocessOptions:
-        overrides: dict[str, Any] = {"device": self.device}
+        overrides: dict[str, Any] = {"device": self.device, "engine": self.engine}
         if self.preprocess:
             overrides |= {
                 "skull_strip": self.skull_strip,
@@ -173,7 +178,7 @@ class PredictOptions:
 
     def window_options(self, config: ModelConfig) -> SlidingWindowOptions:
         if self.paper_mode:
-            return PAPER_WINDOW_OPTIONS
+            return dataclasses.replace(PAPER_WINDOW_OPTIONS, engine=self.engine)
         return SlidingWindowOptions(
             patch_size=_to_layout(config.patch_size, config),
             overlap=self.overlap,
@@ -182,6 +187,7 @@ class PredictOptions:
             mirror=self.tta,
             skip_empty=True,
             precision=self.precision,
+            engine=self.engine,
         )
 
 
@@ -324,6 +330,7 @@ def predict_pair(
     timings["load"] = time.perf_counter() - clock
 
     device = resolve_device(options.device)
+    engine = resolve_engine(options.engine, device)  # before any work: an engine asked for must exist
     clock = time.perf_counter()
     pair = preprocess_pair(baseline, followup, options.preprocess_options(model.config), progress=progress)
     timings["preprocess"] = time.perf_counter() - clock
@@ -410,6 +417,7 @@ def predict_pair(
             "min_lesion_volume_used_mm3": min_volume,
             "device_used": str(device),
             "autocast": str(autocast).replace("torch.", "") if autocast is not None else "fp32",
+            "engine_used": engine,
             "sliding_window": {
                 k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(window_options).items()
             },

@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from msnewlesion.cli.common import DEVICE_HELP, cli_errors, info, progress_bars, warn
-from msnewlesion.cli.predict import SKULL_STRIP_MODE
+from msnewlesion.cli.predict import ENGINE, SKULL_STRIP_MODE
 
 
 @cli_errors
@@ -19,6 +19,7 @@ def demo(
         help="none (the example is already skull-stripped), or auto, hd-bet-v1, hd-bet to run skull stripping anyway.",
     ),
     skull_strip_mode: str = SKULL_STRIP_MODE,
+    engine: str = ENGINE,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in the output folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON to stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -43,6 +44,7 @@ def demo(
             overwrite=overwrite,
             skull_strip=skull_strip,
             skull_strip_mode=skull_strip_mode,
+            engine=engine,
             progress=progress,
         )
     for message in result.summary.get("warnings", []):

@@ -50,6 +50,11 @@ PRECISION = typer.Option(
     help="auto, fp32, bf16 or fp16 (auto: bf16 on CPUs with native bf16, else fp32; fp32/TF32 on recent "
     "NVIDIA GPUs, fp16 on older ones).",
 )
+ENGINE = typer.Option(
+    "auto",
+    "--engine",
+    help="What runs the networks: auto (OpenVINO on the CPU when installed, else PyTorch), torch or openvino.",
+)
 PAPER_MODE = typer.Option(
     False,
     "--paper-mode",
@@ -77,8 +82,8 @@ MIN_BRIGHTENING = typer.Option(
 #: The parameters every command that runs predict shares (declared above, turned into PredictOptions below).
 PREDICT_PARAMETERS = (
     "no_preprocess", "skull_strip", "skull_strip_mode", "brain_mask", "space", "transform", "no_bias_correction",
-    "overlap", "batch_size", "tta", "precision", "paper_mode", "threshold", "min_lesion_volume", "connectivity",
-    "device", "save_probabilities", "min_brightening",
+    "overlap", "batch_size", "tta", "precision", "engine", "paper_mode", "threshold", "min_lesion_volume",
+    "connectivity", "device", "save_probabilities", "min_brightening",
 )  # fmt: skip
 
 
@@ -111,6 +116,7 @@ def predict(
     batch_size: int = BATCH_SIZE,
     tta: bool = TTA,
     precision: str = PRECISION,
+    engine: str = ENGINE,
     paper_mode: bool = PAPER_MODE,
     threshold: Optional[float] = THRESHOLD,
     min_lesion_volume: float = MIN_LESION_VOLUME,

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from msnewlesion.cli.common import DEVICE_HELP, cli_errors, console, progress_bars
-from msnewlesion.cli.predict import SKULL_STRIP, SKULL_STRIP_MODE
+from msnewlesion.cli.predict import ENGINE, SKULL_STRIP, SKULL_STRIP_MODE
 
 
 def _model_config(model: Path):  # -> ModelConfig (imported lazily: it brings torch)
@@ -103,6 +103,7 @@ def preprocess(
         None, "--crop-margin", min=0, help="Voxels kept around the brain box (default 15, or the model's)."
     ),
     device: str = typer.Option("auto", "--device", help="Where the skull stripping runs. " + DEVICE_HELP),
+    engine: str = ENGINE,
     seed: int = typer.Option(1337, "--seed", help="Seed of the registration's random sampling."),
     min_registration_correlation: float = typer.Option(
         0.6,
@@ -176,6 +177,7 @@ def preprocess(
         "bias_correction": not no_bias_correction,
         "interpolation": interpolation,
         "device": device,
+        "engine": engine,
         "seed": seed,
         "min_registration_correlation": min_registration_correlation,
     }

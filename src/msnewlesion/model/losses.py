@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from msnewlesion.model.network import CoactSegOutput, lesion_probabilities
 
@@ -42,6 +43,17 @@ def soft_dice_loss(probabilities: torch.Tensor, target: torch.Tensor, eps: float
     intersection = 2.0 * torch.sum(probabilities * target) + eps
     denominator = torch.sum(probabilities) + torch.sum(target) + eps
     return 1.0 - intersection / denominator
+
+
+def _head_loss(
+    logits: torch.Tensor, probabilities: torch.Tensor, target: torch.Tensor, cross_entropy: float
+) -> torch.Tensor:
+    loss = soft_dice_loss(probabilities, target)
+    if cross_entropy > 0:
+        # the lesion logit is the difference of the two classes' logits (softmax over two = sigmoid)
+        lesion_logit = logits[:, 1] - logits[:, 0]
+        loss = loss + cross_entropy * F.binary_cross_entropy_with_logits(lesion_logit, target.to(lesion_logit.dtype))
+    return loss
 
 
 def _zero_like(*tensors: torch.Tensor | None) -> torch.Tensor:
@@ -91,11 +103,17 @@ class LossWeights:
 
     ``L = L_al + new_lesion · L_nl + relation(iteration) · L_rr`` where ``relation(iteration)`` is 0
     before ``relation_start`` (counting iterations from 1) and ``relation`` from then on.
+
+    ``cross_entropy`` adds that much binary cross-entropy to each head's soft Dice (0 in the paper).
+    Dice alone scores a head by its overlap with the lesions and barely notices scattered false
+    positives in a large background, or a head that calls everything lesion; the voxel-wise
+    cross-entropy does.
     """
 
     new_lesion: float = 1.0
     relation: float = 1.0
     relation_start: int = 10_000
+    cross_entropy: float = 0.0
 
     def relation_weight(self, iteration: int) -> float:
         return self.relation if iteration >= self.relation_start else 0.0
@@ -155,13 +173,20 @@ def coactseg_loss(
     else:
         supervised = lesions_known.to(torch.bool).to(target.device)
         baseline_target, followup_target = lesions[0], lesions[1]
+    ce = weights.cross_entropy
     all_lesion = _zero_like(p_baseline, p_followup)
     if bool(supervised.any()):
-        all_lesion = all_lesion + soft_dice_loss(p_baseline[supervised], baseline_target[supervised])
-        all_lesion = all_lesion + soft_dice_loss(p_followup[supervised], followup_target[supervised])
+        all_lesion = all_lesion + _head_loss(
+            output.baseline[supervised].float(), p_baseline[supervised], baseline_target[supervised], ce
+        )
+        all_lesion = all_lesion + _head_loss(
+            output.followup[supervised].float(), p_followup[supervised], followup_target[supervised], ce
+        )
     new_lesion = _zero_like(p_new)
     if bool(longitudinal.any()):
-        new_lesion = new_lesion + soft_dice_loss(p_new[longitudinal], target[longitudinal])
+        new_lesion = new_lesion + _head_loss(
+            output.new[longitudinal].float(), p_new[longitudinal], target[longitudinal], ce
+        )
 
     has_longitudinal = bool(longitudinal.any())
     has_single = bool(single.any())

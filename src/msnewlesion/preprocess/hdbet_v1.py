@@ -343,6 +343,7 @@ def hdbet_v1_brain_probability(
     *,
     settings: HdBetV1Settings | None = None,
     device: torch.device | str = "cpu",
+    engine: str = "torch",
 ) -> np.ndarray:
     """Brain probability of one or more co-registered head scans at 1.5 mm.
 
@@ -356,6 +357,8 @@ def hdbet_v1_brain_probability(
         Folds, mirroring and precision.
     device : torch.device or str
         Where the network runs.
+    engine : {"torch", "openvino"}
+        What runs it (:mod:`msnewlesion.engines`; OpenVINO on the CPU only).
 
     Returns
     -------
@@ -368,34 +371,34 @@ def hdbet_v1_brain_probability(
     >>> hdbet_v1_brain_probability([(head - head.mean()) / head.std()]).shape  # doctest: +SKIP
     (60, 64, 64)
     """
+    from msnewlesion.engines import openvino_runner, torch_runner
     from msnewlesion.inference import resolve_precision
 
     settings = settings or HdBetV1Settings()
     device = torch.device(device)
     autocast = resolve_precision(settings.precision, device)
-    channels_last = device.type == "cpu"
     inputs = []
     for image in images:
         padded, region = _padded(np.asarray(image, dtype=np.float32))
         inputs.append(padded)
-    batch = torch.from_numpy(np.stack(inputs)[:, None]).to(device)
-    if channels_last:
-        batch = batch.contiguous(memory_format=torch.channels_last_3d)
-    total = torch.zeros(batch.shape[2:], dtype=torch.float32, device=device)
+    batch = torch.from_numpy(np.stack(inputs)[:, None])
+    total = torch.zeros(batch.shape[2:], dtype=torch.float32)
     passes = 0
     with torch.inference_mode():
         for fold in settings.folds:
-            network = load_hdbet_v1_fold(fold).to(device)
-            if channels_last:
-                network = network.to(memory_format=torch.channels_last_3d)
+            network = load_hdbet_v1_fold(fold)
+            if engine == "openvino":
+                run = openvino_runner(network, (1, *batch.shape[1:]), autocast)
+            else:
+                run = torch_runner(network.to(device), device, autocast)
             for axes in _MIRRORINGS if settings.mirror else [()]:
                 for index in range(batch.shape[0]):
                     x = batch[index : index + 1]
                     x = torch.flip(x, dims=axes) if axes else x
-                    with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                        probability = network(x)[0]
+                    (probability,) = run(x)
+                    probability = probability[0].cpu()
                     if axes:
                         probability = torch.flip(probability, dims=[a - 2 for a in axes])
-                    total += probability.float()
+                    total += probability
                     passes += 1
-    return (total / passes).cpu().numpy()[region]
+    return (total / passes).numpy()[region]

@@ -134,6 +134,8 @@ class PreprocessOptions:
         Voxels kept around the brain's bounding box.
     device : str
         Where HD-BET runs: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    engine : {"auto", "torch", "openvino"}
+        What runs HD-BET v1's network (:mod:`msnewlesion.engines`).
     seed : int
         Seed of the registration's random sampling.
     max_rotation_degrees : float
@@ -160,6 +162,7 @@ class PreprocessOptions:
     intensity_normalization: str = "zscore-brain"
     crop_margin: int = 15
     device: str = "auto"
+    engine: str = "auto"
     seed: int = 1337
     max_rotation_degrees: float = 30.0
     min_registration_correlation: float = 0.6
@@ -183,6 +186,7 @@ class PreprocessOptions:
         choices = {
             "skull_strip": SKULL_STRIP_METHODS,
             "skull_strip_mode": SKULL_STRIP_MODES,
+            "engine": ("auto", "torch", "openvino"),
             "registration": REGISTRATION_SPACES,
             "transform": TRANSFORM_TYPES,
             "interpolation": IMAGE_INTERPOLATIONS,
@@ -544,6 +548,7 @@ def _brain_mask_on(
             full_grid,
             mode=options.skull_strip_mode,
             device=options.device,
+            engine=options.engine,
             what=f"the baseline FLAIR {base.name}",
         )
         report(progress, "skull stripping (HD-BET v1)", 1, 1)

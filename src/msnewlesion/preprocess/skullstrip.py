@@ -297,6 +297,7 @@ def hdbet_v1_brain_mask(
     mode: str = "auto",
     device: str = "auto",
     precision: str = "auto",
+    engine: str = "auto",
     what: str = "the scans",
 ) -> tuple[np.ndarray, dict]:
     """One brain mask on ``grid`` from one or more co-registered head scans, by HD-BET v1.
@@ -320,6 +321,8 @@ def hdbet_v1_brain_mask(
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     precision : {"auto", "fp32", "bf16", "fp16"}
         Autocast of the convolutions.
+    engine : {"auto", "torch", "openvino"}
+        What runs the network (:mod:`msnewlesion.engines`).
     what : str
         Names the scans in error messages.
 
@@ -341,6 +344,7 @@ def hdbet_v1_brain_mask(
     >>> mask, record = hdbet_v1_brain_mask([scan], Grid(flair.shape, flair.affine))  # doctest: +SKIP
     """
     from msnewlesion.device import resolve_device
+    from msnewlesion.engines import resolve_engine
     from msnewlesion.inference import resolve_precision
     from msnewlesion.lesions import largest_component
     from msnewlesion.preprocess.hdbet_v1 import (
@@ -352,6 +356,7 @@ def hdbet_v1_brain_mask(
 
     started = time.perf_counter()
     torch_device = resolve_device(device)
+    engine_used = resolve_engine(engine, torch_device)
     settings = hdbet_v1_settings(mode, torch_device.type, precision)
     coarse = common_grid(
         fov_corners(grid.shape, grid.affine), orientation="RAS", spacing=HDBET_V1_SPACING, anchor=grid.affine[:3, 3]
@@ -369,7 +374,9 @@ def hdbet_v1_brain_mask(
     # HD-BET v1 saw SimpleITK arrays of axial scans: (superior, anterior, right) is RAS reversed.
     crops = [np.ascontiguousarray(image[box].transpose(2, 1, 0)) for image in images]
     try:
-        probability_box = hdbet_v1_brain_probability(crops, settings=settings, device=torch_device).transpose(2, 1, 0)
+        probability_box = hdbet_v1_brain_probability(
+            crops, settings=settings, device=torch_device, engine=engine_used
+        ).transpose(2, 1, 0)
     except HdBetV1Error as error:
         raise SkullStripError(str(error)) from None
     probability = np.zeros(coarse.shape, dtype=np.float32)
@@ -383,6 +390,7 @@ def hdbet_v1_brain_mask(
         "scans": len(scans),
         **settings.to_dict(),
         "device": str(torch_device),
+        "engine": engine_used,
         "precision_used": str(autocast).replace("torch.", "") if autocast is not None else "fp32",
         "network_grid": list(probability_box.shape),
         "seconds": round(time.perf_counter() - started, 3),

@@ -38,6 +38,9 @@ class TrainConfig:
         ``(1 − it / iterations) ** 0.9``.
     new_lesion_weight, relation_weight, relation_start
         λ1, λ2 and the iteration from which λ2 applies (counting from 1): 1, 1 and 10k.
+    cross_entropy_weight : float
+        Binary cross-entropy added to each head's soft Dice loss, with this weight (0 in the paper): it
+        penalises scattered false positives and a head that calls everything lesion, which Dice barely sees.
     crop_shift : int
         The weighted crop centres on a random label voxel shifted by up to this many voxels per axis.
     flip_rot90 : bool
@@ -92,6 +95,7 @@ class TrainConfig:
     new_lesion_weight: float = 1.0
     relation_weight: float = 1.0
     relation_start: int = 10_000
+    cross_entropy_weight: float = 0.0
     crop_shift: int = 10
     flip_rot90: bool = True
     rotation_degrees: float = 0.0
@@ -138,6 +142,8 @@ class TrainConfig:
             problems.append(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.intensity_normalization not in INTENSITY_NORMALIZATIONS:
             problems.append(f"intensity_normalization must be one of {', '.join(INTENSITY_NORMALIZATIONS)}")
+        if self.cross_entropy_weight < 0:
+            problems.append(f"cross_entropy_weight must not be negative, got {self.cross_entropy_weight}")
         if min(self.crop_shift, self.rotation_degrees, self.intensity_jitter, self.time_point_jitter) < 0:
             problems.append("crop_shift, rotation_degrees, intensity_jitter and time_point_jitter must not be negative")
         if not 0.0 <= self.random_crop_fraction <= 1.0:

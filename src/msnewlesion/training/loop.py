@@ -465,7 +465,9 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
     autocast_dtype = _autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype is torch.float16)
-    weights = LossWeights(config.new_lesion_weight, config.relation_weight, config.relation_start)
+    weights = LossWeights(
+        config.new_lesion_weight, config.relation_weight, config.relation_start, config.cross_entropy_weight
+    )
 
     start = 0
     best_value: float | None = None
