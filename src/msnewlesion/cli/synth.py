@@ -101,6 +101,7 @@ def synth(
         msnewlesion synth p07/flair.nii.gz p07/lesions.nii.gz --library lesion_masks/ -o synthetic --pairs 20
         msnewlesion synth p26/flair.nii.gz p26/lesions.nii.gz --library lesion_masks/ -o synthetic --split val
     """
+    from msnewlesion.io import claim_output_folder
     from msnewlesion.synth import SynthOptions, write_synthetic_pairs
 
     options = SynthOptions(
@@ -123,7 +124,8 @@ def synth(
         symmetric=symmetric,
         interpolation_order=interpolation,
     )
-    with progress_bars(not quiet) as bars:
+    inputs = [flair, lesions, *(library or []), *([brain_mask] if brain_mask is not None else [])]
+    with claim_output_folder(output, inputs=inputs, command="synth"), progress_bars(not quiet) as bars:
         summaries = write_synthetic_pairs(
             flair,
             lesions,
