@@ -106,6 +106,10 @@ class _Worker:
     """
 
     def __init__(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        """Start afresh: in a forked child the parent's worker and lock are the parent's, not ours."""
         self.lock = threading.Lock()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -148,6 +152,8 @@ class _Worker:
 
 _WORKER = _Worker()
 atexit.register(_WORKER.stop)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WORKER.forget)
 
 
 def register_rigid(
