@@ -47,7 +47,7 @@ _PARAMETER = re.compile(r"`(?P<name>[a-z_][a-z0-9_]*)(?:=(?P<value>[^`]*))?`")
 #: Core parameters whose command-line option has another name.
 _ALIASES = {"registration": "space", "intensity_normalization": "normalization", "added_lesions": "added"}
 
-QUOTES = "\"'"
+_QUOTES = "\"'"
 #: A command's options: parameter name → (flag, its negative form or None).
 Flags = Mapping[str, tuple[str, str | None]]
 
@@ -84,7 +84,7 @@ def with_flags(message: str, flags: Flags) -> str:
             return plain
         if value is None or value == "True":
             return option[0]
-        return f"{option[0]} {value.strip(QUOTES)}"
+        return f"{option[0]} {value.strip(_QUOTES)}"
 
     return _PARAMETER.sub(flag, message)
 
