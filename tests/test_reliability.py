@@ -204,6 +204,13 @@ def test_the_group_level_fails_when_no_pair_has_results(tmp_path: Path, runner: 
     assert "error: none of the 1 pairs" in result.stderr
     table = pd.read_csv(output / "group_newlesions.tsv", sep="\t")
     assert list(table.status) == ["missing"]  # the table is still written: it says what is missing
+    # every pair failed (the case): the same
+    (output / "logs").mkdir()
+    status = {"pairs": [{"baseline_session": "01", "followup_session": "02", "status": "failed", "reason": "bad"}]}
+    (output / "logs" / "sub-01_status.json").write_text(json.dumps(status))
+    result = runner.invoke(app, ["bids", str(bids), str(output), "group"])
+    assert result.exit_code == 1 and "error: none of the 1 pairs" in result.stderr
+    assert list(pd.read_csv(output / "group_newlesions.tsv", sep="\t").status) == ["failed"]
 
 
 # ---------------------------------------------------------------------------------------------
