@@ -152,7 +152,7 @@ def test_flair_choice_rule_and_pattern(tmp_path: Path) -> None:
     patterned = plan_participant(root, "01", BidsSelection(flair_pattern="*_acq-3D_*"))
     assert [s.path.name for s in patterned.sessions] == ["sub-01_ses-01_acq-3D_FLAIR.nii.gz"]
     assert patterned.pairs == []
-    assert any("ses-02: no FLAIR matches --flair-pattern" in note for note in patterned.notes)
+    assert any("ses-02: no FLAIR matches `flair_pattern`" in note for note in patterned.notes)
     assert any("need two sessions with a FLAIR" in note for note in patterned.notes)
 
 
@@ -487,7 +487,7 @@ def test_concurrent_jobs_share_dataset_description_safely(tmp_path: Path) -> Non
 def test_outputs_never_go_into_the_raw_dataset(tree: BidsTree) -> None:
     with pytest.raises(InputError, match="the output folder is the BIDS folder"):
         run_participant_level(tree.root, tree.root, fake_model("a" * 64))
-    with pytest.raises(InputError, match="--brain-mask fits one pair"):
+    with pytest.raises(InputError, match="`brain_mask` fits one pair"):
         run_participant_level(
             tree.root,
             tree.root / "derivatives" / "x",

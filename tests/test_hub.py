@@ -247,7 +247,7 @@ def test_offline_without_the_model_in_the_cache_says_exactly_what_to_do(home: Pa
     assert "msnewlesion models download lab/missing@v3" in message
     assert "/tmp/msnewlesion-models/models--lab--missing" in message
     assert str(cache / "models--lab--missing") in message
-    assert "--model with a local model folder" in message
+    assert "give `model` a local model folder" in message  # the parameter; the command line says --model
     assert "\n" not in message
 
 
@@ -345,7 +345,7 @@ def test_registry_entries_are_checked_stored_and_removed(home: Path, tmp_path: P
         incomplete.mkdir()
         shutil.copy(folder / "config.json", incomplete / "config.json")
         add_model("broken", str(incomplete))
-    with pytest.raises(ModelError, match="--revision applies to Hub repositories"):
+    with pytest.raises(ModelError, match="`revision` applies to Hub repositories"):
         add_model("mine", str(folder), revision="main")
     with pytest.raises(ModelError, match="neither a model folder"):
         add_model("mine", "no such thing")
@@ -477,7 +477,7 @@ def test_push_refuses_a_folder_that_does_not_load_or_lacks_a_licence_before_any_
 
 def test_push_without_a_valid_token_says_how_to_get_one(hub: StandInHub, tmp_path: Path) -> None:
     folder = make_model(tmp_path / "model", seed=17)
-    with pytest.raises(ModelError, match="no Hugging Face token: pass --token, set HF_TOKEN"):
+    with pytest.raises(ModelError, match="no Hugging Face token: pass `token`, set HF_TOKEN"):
         push_model(folder, "lab/model")
     with pytest.raises(ModelError, match="HTTP 401"):
         push_model(folder, "lab/model", token="hf_wrong")

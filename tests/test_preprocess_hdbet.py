@@ -94,8 +94,9 @@ def test_missing_weights_stop_before_any_work_and_say_where_they_go(
     message = str(caught.value)
     assert str(folder / "fold_all" / "checkpoint_final.pth") in message
     assert "never downloads" in message and "unzip it into" in message
-    assert "--skull-strip none" in message and "--brain-mask" in message
-    assert "--skull-strip hd-bet-v1" in message  # the weights that come with msnewlesion
+    # The core names the parameters (a library caller has no flags; the command line names its flags).
+    assert '`skull_strip="none"`' in message and "`brain_mask`" in message
+    assert '`skull_strip="hd-bet-v1"`' in message  # the weights that come with msnewlesion
     assert not folder.exists()
 
 

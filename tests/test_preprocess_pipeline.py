@@ -223,7 +223,7 @@ def test_saving_refuses_existing_files_and_inputs(halfway, tmp_path) -> None:
     out = tmp_path / "out"
     save_preprocessed(halfway, out)
     before = (out / "baseline.nii.gz").stat().st_mtime_ns
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="`overwrite=True`"):
         save_preprocessed(halfway, out)
     assert (out / "baseline.nii.gz").stat().st_mtime_ns == before
     (out / "notes.txt").write_text("mine")
@@ -263,6 +263,13 @@ def test_a_registration_that_lands_far_off_is_refused(phantom_pair, monkeypatch)
     with pytest.raises(RegistrationError, match="landed far off") as caught:
         preprocess_pair(*phantom_pair, PreprocessOptions(**FAST))
     assert "ses-01.nii.gz" in str(caught.value) and "ses-02.nii.gz" in str(caught.value)
+    # Only the coarse QuickRigid has a finer transform to suggest (issue 14, item 7).
+    assert ("try `transform=\"Rigid\"`" in str(caught.value)) == (FAST.get("transform") == "QuickRigid")
+    for transform, advice in (("Rigid", False), ("QuickRigid", True)):
+        with pytest.raises(RegistrationError, match="landed far off") as caught:
+            preprocess_pair(*phantom_pair, PreprocessOptions(**{**FAST, "transform": transform}))
+        assert ("try `transform=\"Rigid\"`" in str(caught.value)) is advice, str(caught.value)
+        assert ("Rigid transform" in str(caught.value)) is False
 
     monkeypatch.setattr(registration, "register_rigid", lambda *a, **k: rigid((0, 0, 50.0), (0, 0, 0)))
     with pytest.raises(RegistrationError, match=r"rotated the scans by 50\.0°"):
@@ -272,10 +279,20 @@ def test_a_registration_that_lands_far_off_is_refused(phantom_pair, monkeypatch)
 def test_an_ants_failure_names_both_files_and_the_step(phantom_pair, monkeypatch) -> None:
     import ants
 
+    import msnewlesion.preprocess.registration as registration
+    from msnewlesion.preprocess import _registration_worker
+
     def fail(*args, **kwargs):
         raise RuntimeError("Registration failed with error code 1")
 
+    # antsRegistration runs in a child process: its failure comes back as an answer ...
     monkeypatch.setattr(ants, "registration", fail)
+    request = ((np.ones((4, 4, 4), np.float32), np.eye(4)), (np.ones((4, 4, 4), np.float32), np.eye(4)), None,
+               "QuickRigid", 1, "/nonexistent/rigid_")  # fmt: skip
+    assert _registration_worker._register(request) == ("error", "Registration failed with error code 1")
+    # ... that the parent turns into an error naming both files and the step.
+    answer = ("error", "Registration failed with error code 1")
+    monkeypatch.setattr(registration._WORKER, "run", lambda request: answer)
     with pytest.raises(RegistrationError, match=r"registration of the follow-up FLAIR .*ses-02.nii.gz.* failed"):
         preprocess_pair(*phantom_pair, PreprocessOptions(**FAST))
 

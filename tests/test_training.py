@@ -88,7 +88,8 @@ def test_dry_run_lists_every_file_problem(tmp_path: Path, dataset: Path, runner:
     result = runner.invoke(app, ["train", str(folder / "broken.csv"), "-o", str(tmp_path / "run"), "--dry-run"])
     assert result.exit_code == 1
     output = " ".join(result.output.split())
-    assert "4 problem(s)" in output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 4 and all(str(folder / "broken.csv") in line for line in errors)  # one line each
     assert "line 2 (x): followup" in output and "is constant" in output
     assert "line 2 (x): followup is not on the baseline's grid (40×48×48 vs 48×48×48 voxels)" in output
     assert "line 3 (y): baseline not found" in output
@@ -200,7 +201,7 @@ def test_short_cpu_training_lowers_the_loss_and_writes_usable_models(tmp_path: P
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["iterations"] == 40 and summary["ranks_in_sync"] is True
 
-    with pytest.raises(OutputExistsError, match="--resume"):
+    with pytest.raises(OutputExistsError, match="`resume=True`"):
         train(dataset, tmp_path / "run", config, device="cpu")
 
 

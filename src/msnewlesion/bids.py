@@ -40,8 +40,15 @@ import numpy as np
 import pandas as pd
 
 from msnewlesion import __version__
-from msnewlesion.errors import InputError, MsNewLesionError
-from msnewlesion.io import check_outputs_free, write_json, write_text
+from msnewlesion.errors import InputError, MsNewLesionError, OutputInUseError
+from msnewlesion.io import (
+    check_output_location,
+    check_outputs_free,
+    claim_output_folder,
+    quiet_nibabel,
+    write_json,
+    write_text,
+)
 from msnewlesion.model.checkpoint import LoadedModel
 from msnewlesion.predict import ModelProvenance, PredictOptions, predict_pair, write_prediction
 from msnewlesion.progress import ProgressCallback, report
@@ -60,6 +67,7 @@ __all__ = [
     "ParticipantResult",
     "SessionPair",
     "SessionScan",
+    "check_dataset",
     "find_participants",
     "normalize_participant_label",
     "pair_is_complete",
@@ -133,9 +141,9 @@ class BidsSelection:
         labels = tuple(dict.fromkeys(normalize_participant_label(label) for label in self.participant_labels))
         object.__setattr__(self, "participant_labels", labels)
         if self.session_pairs not in SESSION_PAIRINGS:
-            raise InputError(f"--session-pairs must be {' or '.join(SESSION_PAIRINGS)}, got {self.session_pairs!r}")
+            raise InputError(f"`session_pairs` must be {' or '.join(SESSION_PAIRINGS)}, got {self.session_pairs!r}")
         if self.flair_pattern is not None and not self.flair_pattern.strip():
-            raise InputError("--flair-pattern is empty: give a glob such as '*_acq-3D_*', or leave it out")
+            raise InputError("`flair_pattern` is empty: give a glob such as '*_acq-3D_*', or leave it out")
 
 
 @dataclass(frozen=True)
@@ -234,6 +242,43 @@ def _check_bids_dir(bids_dir: str | os.PathLike[str]) -> Path:
         raise InputError(f"BIDS folder not found: {bids_dir}")
     if not any(child.is_dir() and child.name.startswith("sub-") for child in bids_dir.iterdir()):
         raise InputError(f"{bids_dir} holds no sub-* folder: give the root of a BIDS dataset")
+    description = bids_dir / "dataset_description.json"
+    if description.exists():
+        # Read only to be checked: a broken one marks a dataset whose other metadata cannot be trusted either.
+        try:
+            content = json.loads(description.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise InputError(
+                f"{description} is not valid JSON ({error}): fix it, every BIDS dataset needs a readable one"
+            ) from None
+        if not isinstance(content, dict):
+            raise InputError(f"{description} must hold a JSON object, found a {type(content).__name__}: fix it")
+    return bids_dir
+
+
+def check_dataset(bids_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> Path:
+    """Check, before any work, a BIDS dataset and the folder its derivatives go to.
+
+    Returns
+    -------
+    Path
+        The BIDS folder.
+
+    Raises
+    ------
+    InputError
+        The BIDS folder is missing, holds no ``sub-*`` folder or a malformed
+        ``dataset_description.json``; the output folder is the BIDS folder, or cannot be created
+        or written (a file, or a file on its way).
+    """
+    bids_dir = _check_bids_dir(bids_dir)
+    output_dir = Path(output_dir)
+    if output_dir.resolve() == bids_dir.resolve():
+        raise InputError(
+            f"the output folder is the BIDS folder ({bids_dir}): derivatives go elsewhere, "
+            "for example BIDS_DIR/derivatives/msnewlesion"
+        )
+    check_output_location(output_dir, kind="folder", what="output folder")
     return bids_dir
 
 
@@ -354,7 +399,8 @@ def _voxel_volume(path: Path) -> float:
     import nibabel as nib
 
     try:
-        zooms = nib.load(str(path)).header.get_zooms()[:3]
+        with quiet_nibabel():
+            zooms = nib.load(str(path)).header.get_zooms()[:3]
         return float(np.prod(zooms))
     except Exception:  # an unreadable candidate is chosen last; reading it later says why
         return float("inf")
@@ -388,7 +434,7 @@ def _choose_flair(
     others = ", ".join(name for name, _ in ordered[1:])
     notes.append(
         f"ses-{session}: {len(candidates)} FLAIRs; chose {ordered[0][0]} (the acquisition most sessions share, "
-        f"then the finest voxels, then the highest run) over {others}; --flair-pattern chooses otherwise"
+        f"then the finest voxels, then the highest run) over {others}; `flair_pattern` chooses otherwise"
     )
     return ordered[0]
 
@@ -450,7 +496,7 @@ def plan_participant(
             matching = [c for c in candidates if fnmatch.fnmatchcase(c[0], selection.flair_pattern)]
             if candidates and not matching:
                 plan.notes.append(
-                    f"ses-{session}: no FLAIR matches --flair-pattern {selection.flair_pattern!r} "
+                    f"ses-{session}: no FLAIR matches `flair_pattern` {selection.flair_pattern!r} "
                     f"({', '.join(c[0] for c in candidates)}); session left out"
                 )
             candidates = matching
@@ -1039,6 +1085,7 @@ def _run_pair(
     overwrite: bool,
     log: _ParticipantLog,
     progress: ProgressCallback | None,
+    scratch_dir: Path | None = None,
 ) -> PairResult:
     outputs = pair_outputs(output_dir, pair, save_probabilities=options.save_probabilities)
     result = PairResult(pair.participant, pair.baseline.session, pair.followup.session, "done", outputs=outputs)
@@ -1049,7 +1096,7 @@ def _run_pair(
         result.outputs = {k: output_dir / v for k, v in summary.get("outputs", {}).items()}
         result.new_lesion_count = summary.get("new_lesions", {}).get("count")
         result.new_lesion_volume_mm3 = summary.get("new_lesions", {}).get("volume_mm3")
-        log.write("info", f"{pair.name}: complete already, skipped (--overwrite redoes it)")
+        log.write("info", f"{pair.name}: complete already, skipped (`overwrite=True` redoes it)")
         return result
     if state == "stale":
         log.write("warning", f"{pair.name}: the results there came from other FLAIR files; recomputing")
@@ -1061,7 +1108,13 @@ def _run_pair(
         # Until the new summary is written the pair must not look complete.
         outputs["summary"].unlink(missing_ok=True)
         prediction = predict_pair(
-            pair.baseline.path, pair.followup.path, model, options, provenance=provenance, progress=progress
+            pair.baseline.path,
+            pair.followup.path,
+            model,
+            options,
+            provenance=provenance,
+            progress=progress,
+            scratch_dir=scratch_dir,
         )
         for message in prediction.warnings:
             log.write("warning", f"{pair.name}: {message}")
@@ -1083,19 +1136,6 @@ def _run_pair(
         f"in {result.seconds:.1f} s",
     )
     return result
-
-
-def _check_output_dir(bids_dir: Path, output_dir: Path) -> Path:
-    output_dir = Path(output_dir)
-    if output_dir.resolve() == bids_dir.resolve():
-        raise InputError(
-            f"the output folder is the BIDS folder ({bids_dir}): derivatives go elsewhere, "
-            "for example BIDS_DIR/derivatives/msnewlesion"
-        )
-    if output_dir.exists() and not output_dir.is_dir():
-        raise InputError(f"the output folder {output_dir} is a file")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return output_dir
 
 
 def run_participant_level(
@@ -1142,8 +1182,9 @@ def run_participant_level(
     Raises
     ------
     InputError
-        The BIDS folder is missing or empty, the output folder is the BIDS folder or holds another
-        model's results, or ``options.brain_mask`` is set.
+        The BIDS folder is missing or empty, or its ``dataset_description.json`` malformed; the
+        output folder is the BIDS folder, cannot be written, or holds another model's results; or
+        ``options.brain_mask`` is set.
 
     Examples
     --------
@@ -1156,9 +1197,10 @@ def run_participant_level(
     """
     options = options or PredictOptions()
     if options.brain_mask is not None:
-        raise InputError("--brain-mask fits one pair, not a dataset: leave it out for BIDS processing")
-    bids_dir = _check_bids_dir(bids_dir)
-    output_dir = _check_output_dir(bids_dir, Path(output_dir))
+        raise InputError("`brain_mask` fits one pair, not a dataset: leave it out for BIDS processing")
+    bids_dir = check_dataset(bids_dir, output_dir)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     selection = selection or BidsSelection()
     provenance = provenance or ModelProvenance(name=model.config.name)
     plans = plan_dataset(bids_dir, selection)
@@ -1184,23 +1226,32 @@ def run_participant_level(
             log.write("warning", note)
         pair_results: list[PairResult] = []
         log.status(plan, pair_results, output_dir, model_record)
-        for pair in plan.pairs:
-            pair_results.append(
-                _run_pair(
-                    pair,
-                    output_dir,
-                    model,
-                    provenance,
-                    options,
-                    selection,
-                    plan.session_order,
-                    overwrite,
-                    log,
-                    progress,
-                )
-            )
-            log.status(plan, pair_results, output_dir, model_record)
-            finished += 1
+        try:
+            # Jobs for different participants share the output folder; one participant is one job's at a time.
+            with claim_output_folder(output_dir / f"sub-{plan.participant}", command="bids participant") as claim:
+                for pair in plan.pairs:
+                    pair_results.append(
+                        _run_pair(
+                            pair,
+                            output_dir,
+                            model,
+                            provenance,
+                            options,
+                            selection,
+                            plan.session_order,
+                            overwrite,
+                            log,
+                            progress,
+                            claim.scratch,
+                        )
+                    )
+                    log.status(plan, pair_results, output_dir, model_record)
+                    finished += 1
+                    report(progress, "pairs", finished, total)
+        except OutputInUseError as error:
+            plan.problems.append(str(error))
+            log.write("error", str(error))
+            finished += len(plan.pairs) - len(pair_results)
             report(progress, "pairs", finished, total)
         results.append(ParticipantResult(plan, pair_results, log.path))
     return ParticipantLevelResult(output_dir, results)

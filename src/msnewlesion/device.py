@@ -31,15 +31,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise MsNewLesionError(
-                f"--device {name} was asked for but this PyTorch build sees no CUDA GPU; use --device cpu (or auto)"
+                f'device {name!r} was asked for but this PyTorch build sees no CUDA GPU; use `device="cpu"` (or auto)'
             )
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise MsNewLesionError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+            raise MsNewLesionError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
         return device
     if name == "mps":
         if not _mps_available():
-            raise MsNewLesionError("--device mps was asked for but Apple's MPS backend is not available here")
+            raise MsNewLesionError("device 'mps' was asked for but Apple's MPS backend is not available here")
         return torch.device("mps")
     raise MsNewLesionError(f"unknown device {name!r}: choose one of auto, cpu, cuda, cuda:N, mps")
 

@@ -2,6 +2,10 @@
 
 The command line prints these as one line, without a traceback, and exits non-zero.
 Anything else that escapes is a bug and keeps its traceback.
+
+Messages name the Python parameter a caller can change, in backticks (`` `overwrite=True` ``,
+`` `threshold` ``): a library caller has no command-line flags. The command line shows the
+matching flag instead (``--overwrite``, ``--threshold``; see :mod:`msnewlesion.cli.common`).
 """
 
 from __future__ import annotations
@@ -25,3 +29,7 @@ class ModelError(MsNewLesionError):
 
 class OutputExistsError(MsNewLesionError):
     """An output already exists and overwriting it was not asked for."""
+
+
+class OutputInUseError(MsNewLesionError):
+    """Another run is writing into the same output folder."""

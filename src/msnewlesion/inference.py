@@ -166,7 +166,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return None if major >= 8 and torch.backends.cudnn.allow_tf32 else torch.float16
     if device.type == "cpu":
         if precision == "fp16":
-            raise InputError("fp16 is not supported on the CPU: use --precision bf16 or fp32")
+            raise InputError('fp16 is not supported on the CPU: use `precision="bf16"` or fp32')
         if precision == "bf16" or _cpu_has_native_bf16():
             return torch.bfloat16
         return None

@@ -121,6 +121,9 @@ class EvaluationOptions:
         Units of the surface distances. "voxel" ignores the spacing, as the paper's code did.
     alpha, beta, gamma : float
         Thresholds of the MSSEG detection rule (see :func:`msnewlesion.lesions.detect_lesions`).
+    threshold : float, optional
+        Mask files holding fractions (probability maps) are binarised at this value: voxels above it
+        are lesion. Without it such a file is refused, since every voxel above 0 would count.
 
     Examples
     --------
@@ -137,6 +140,7 @@ class EvaluationOptions:
     alpha: float = DEFAULT_ALPHA
     beta: float = DEFAULT_BETA
     gamma: float = DEFAULT_GAMMA
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         connectivity_structure(self.connectivity)  # raises on anything but 26 or 6
@@ -150,6 +154,8 @@ class EvaluationOptions:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must lie between 0 and 1, got {value}")
+        if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold >= 0):
+            raise InputError(f"`threshold` must be a number ≥ 0, got {self.threshold}")
 
     def min_voxels(self, voxel_volume_mm3: float) -> int:
         """The smallest lesion kept, in voxels, for voxels of this volume."""
@@ -548,7 +554,8 @@ def evaluate_files(
     """Evaluate a predicted mask file against a reference mask file.
 
     Every voxel with a label above 0 is lesion (label values are not told apart); negative, NaN or
-    infinite values are refused. Both files must share a grid (shape, and affine to 1e-3 mm).
+    infinite values are refused, and so are fractions (a probability map) unless ``options.threshold``
+    says where to cut. Both files must share a grid (shape, and affine to 1e-3 mm).
 
     Parameters
     ----------
@@ -566,7 +573,7 @@ def evaluate_files(
     Raises
     ------
     InputError
-        A file is missing or unreadable, or not a mask.
+        A file is missing or unreadable, or not a mask (fractions without ``options.threshold``).
     GeometryError
         The masks are not on the same grid; the message describes both grids.
 
@@ -576,8 +583,8 @@ def evaluate_files(
     >>> result.dice, result.hd95, result.units  # doctest: +SKIP
     (0.71, 2.24, 'mm')
     """
-    prediction = load_mask(prediction_path, what="prediction")
-    reference = load_mask(reference_path, what="reference")
+    prediction = load_mask(prediction_path, what="prediction", threshold=options.threshold, allow_fractions=False)
+    reference = load_mask(reference_path, what="reference", threshold=options.threshold, allow_fractions=False)
     check_same_grid(prediction, reference, what_a="prediction", what_b="reference")
     name = case if case is not None else case_name(Path(prediction_path))
     result = evaluate_case(prediction.data, reference.data, reference.spacing, options, case=name)

@@ -147,13 +147,13 @@ class PredictOptions:
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            raise InputError(f"--threshold must be between 0 and 1, got {self.threshold}")
+            raise InputError(f"`threshold` must be between 0 and 1, got {self.threshold}")
         if self.min_lesion_volume < 0:
-            raise InputError(f"--min-lesion-volume must be ≥ 0 mm³, got {self.min_lesion_volume}")
+            raise InputError(f"`min_lesion_volume` must be ≥ 0 mm³, got {self.min_lesion_volume}")
         if self.connectivity not in (6, 26):
-            raise InputError(f"--connectivity must be 6 or 26, got {self.connectivity}")
+            raise InputError(f"`connectivity` must be 6 or 26, got {self.connectivity}")
         if self.min_brightening is not None and not np.isfinite(self.min_brightening):
-            raise InputError(f"--min-brightening must be a finite number, got {self.min_brightening}")
+            raise InputError(f"`min_brightening` must be a finite number, got {self.min_brightening}")
 
     def preprocess_options(self, config: ModelConfig) -> PreprocessOptions:
         overrides: dict[str, Any] = {"device": self.device, "engine": self.engine}
@@ -288,6 +288,7 @@ def predict_pair(
     *,
     provenance: ModelProvenance | None = None,
     progress: ProgressCallback | None = None,
+    scratch_dir: str | os.PathLike[str] | None = None,
 ) -> Prediction:
     """Predict new lesions (and all lesions at each time point) for one pair of FLAIR scans.
 
@@ -303,6 +304,8 @@ def predict_pair(
         Name, source and revision of the model, for the summary.
     progress : ProgressCallback, optional
         Reports each stage.
+    scratch_dir : path-like, optional
+        Where the registration keeps its files while it runs (the system's temporary folder when None).
 
     Returns
     -------
@@ -332,7 +335,9 @@ def predict_pair(
     device = resolve_device(options.device)
     engine = resolve_engine(options.engine, device)  # before any work: an engine asked for must exist
     clock = time.perf_counter()
-    pair = preprocess_pair(baseline, followup, options.preprocess_options(model.config), progress=progress)
+    pair = preprocess_pair(
+        baseline, followup, options.preprocess_options(model.config), progress=progress, scratch_dir=scratch_dir
+    )
     timings["preprocess"] = time.perf_counter() - clock
     warnings = _pair_warnings(pair)
     warnings += acquisition_warnings(

@@ -8,13 +8,14 @@ from msnewlesion import __version__
 from msnewlesion.cli import bids as bids_cli
 from msnewlesion.cli import demo, evaluate, models, predict, synth, train
 from msnewlesion.cli import preprocess as preprocess_cli
+from msnewlesion.cli.common import Command
 
 app = typer.Typer(
     name="msnewlesion",
     help=(
         "Find NEW multiple sclerosis lesions in a pair of FLAIR scans (baseline and follow-up) with "
         "CoactSeg, and train and evaluate the models that do it.\n\n"
-        "Run [bold]msnewlesion COMMAND --help[/] for a command's options and examples."
+        "Run `msnewlesion COMMAND --help` for a command's options and examples."
     ),
     no_args_is_help=True,
     rich_markup_mode="markdown",
@@ -39,13 +40,13 @@ def _root(
     """msnewlesion: new MS lesions from pairs of FLAIR scans."""
 
 
-app.command("predict")(predict.predict)
-app.command("preprocess")(preprocess_cli.preprocess)
-app.command("train")(train.train)
-app.command("evaluate")(evaluate.evaluate)
-app.command("synth")(synth.synth)
+app.command("predict", cls=Command)(predict.predict)
+app.command("preprocess", cls=Command)(preprocess_cli.preprocess)
+app.command("train", cls=Command)(train.train)
+app.command("evaluate", cls=Command)(evaluate.evaluate)
+app.command("synth", cls=Command)(synth.synth)
 app.command("bids", cls=bids_cli.BidsCommand)(bids_cli.bids)
-app.command("demo")(demo.demo)
+app.command("demo", cls=Command)(demo.demo)
 app.add_typer(models.app, name="models")
 
 

@@ -8,9 +8,18 @@ from typing import Any, Optional
 
 import typer
 from rich.markup import escape
-from typer.core import TyperCommand
 
-from msnewlesion.cli.common import cli_errors, err_console, info, progress_bars, warn
+from msnewlesion.cli.common import (
+    Command,
+    cli_errors,
+    err_console,
+    fail,
+    flags_of,
+    info,
+    progress_bars,
+    warn,
+    with_flags,
+)
 from msnewlesion.cli.predict import (
     BATCH_SIZE,
     CONNECTIVITY,
@@ -108,7 +117,7 @@ def spread_participant_labels(
     return spread + tail
 
 
-class BidsCommand(TyperCommand):
+class BidsCommand(Command):
     """Accepts several participant labels after one ``--participant-label``, as BIDS Apps do."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
@@ -122,6 +131,7 @@ class BidsCommand(TyperCommand):
 
 
 def _print_message(level: str, message: str) -> None:
+    message = with_flags(message, flags_of(bids))
     if level == "error":
         err_console.print(f"[bold red]failed:[/] {escape(message)}", highlight=False, soft_wrap=True)
     elif level == "warning":
@@ -144,6 +154,12 @@ def _group(bids_dir: Path, output_dir: Path, selection: Any, as_json: bool) -> N
     for row in group.incomplete.itertuples():
         pair = f"{row.participant_id} {row.baseline_session_id} -> {row.followup_session_id}"
         warn(f"{pair}: {row.status} ({row.reason})")
+    if not counts.get("done", 0):
+        # A group table without a single result is no success, even though it was written.
+        raise fail(
+            f"none of the {len(table)} pairs in {output_dir} has results: run the participant level first, "
+            "or see logs/ for why it failed"
+        )
 
 
 @cli_errors
@@ -225,7 +241,7 @@ def bids(
 
         msnewlesion bids /data/cohort /data/cohort/derivatives/msnewlesion group
     """
-    from msnewlesion.bids import BidsSelection, find_participants, run_participant_level
+    from msnewlesion.bids import BidsSelection, check_dataset, run_participant_level
 
     selection = BidsSelection(
         participant_labels=participant_label or (),
@@ -236,7 +252,7 @@ def bids(
         _group(bids_dir, output_dir, selection, as_json)
         return
     options = build_options(locals() | {"brain_mask": None})  # one mask cannot fit a whole cohort
-    find_participants(bids_dir)  # a wrong BIDS folder fails before the model is loaded
+    check_dataset(bids_dir, output_dir)  # a wrong BIDS or output folder fails before the model is loaded
     from msnewlesion.predict import open_model
 
     with progress_bars(not quiet) as progress:

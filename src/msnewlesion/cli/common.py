@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+import inspect
+import re
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -20,6 +22,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from typer.core import TyperArgument, TyperCommand
+from typer.models import OptionInfo
 
 from msnewlesion.errors import MsNewLesionError
 
@@ -38,19 +42,84 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code=code)
 
 
+# Core messages name parameters in backticks: `overwrite=True`, `threshold`, `skull_strip="none"`.
+_PARAMETER = re.compile(r"`(?P<name>[a-z_][a-z0-9_]*)(?:=(?P<value>[^`]*))?`")
+#: Core parameters whose command-line option has another name.
+_ALIASES = {"registration": "space", "intensity_normalization": "normalization", "added_lesions": "added"}
+
+_QUOTES = "\"'"
+#: A command's options: parameter name → (flag, its negative form or None).
+Flags = Mapping[str, tuple[str, str | None]]
+
+
+def flags_of(command: Callable[..., Any]) -> dict[str, tuple[str, str | None]]:
+    """The options a typer command function declares: parameter name → (long flag, negative flag)."""
+    flags: dict[str, tuple[str, str | None]] = {}
+    for name, parameter in inspect.signature(command).parameters.items():
+        if not isinstance(parameter.default, OptionInfo):
+            continue
+        declared = [d for decl in parameter.default.param_decls or () for d in decl.split("/")]
+        declared = [d.strip() for d in declared if d.strip()] or [f"--{name.replace('_', '-')}"]
+        longs = [d for d in declared if d.startswith("--")] or declared
+        negative = next((d.split("/")[1].strip() for d in parameter.default.param_decls or () if "/" in d), None)
+        flags[name] = (longs[0], negative)
+    return flags
+
+
+def with_flags(message: str, flags: Flags) -> str:
+    """A core message with each parameter it names replaced by the command's option.
+
+    ``pass `overwrite=True` to replace them`` becomes ``pass --overwrite to replace them``; a
+    parameter the command has no option for is shown by name, without the backticks.
+    """
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = match["name"], match["value"]
+        plain = match[0].strip("`")
+        option = flags.get(name) or flags.get(_ALIASES.get(name, name))
+        if value == "False":  # --no-x, or the x of a --no-x option (preprocess=False is --no-preprocess)
+            negative = option[1] if option is not None else None
+            return negative or (flags[f"no_{name}"][0] if f"no_{name}" in flags else plain)
+        if option is None:
+            return plain
+        if value is None or value == "True":
+            return option[0]
+        return f"{option[0]} {value.strip(_QUOTES)}"
+
+    return _PARAMETER.sub(flag, message)
+
+
 def cli_errors(func: F) -> F:
-    """Turn user-facing errors into a one-line message and exit code 1 (130 on Ctrl-C)."""
+    """Turn user-facing errors into a one-line message and exit code 1 (130 on Ctrl-C).
+
+    The message names the command's options where the core's names a parameter.
+    """
+    flags = flags_of(func)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except MsNewLesionError as error:
-            raise fail(str(error)) from None
+            raise fail(with_flags(str(error), flags)) from None
         except KeyboardInterrupt:
             raise fail("interrupted; finished outputs are kept, nothing half-written was left", 130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class Command(TyperCommand):
+    """A typer command whose usage line reads ``BASELINE FOLLOWUP`` (typer writes ``{baseline} {followup}``)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not isinstance(param, TyperArgument):
+                continue
+            name = param.metavar or (param.name or "").upper()
+            name = name if param.required else f"[{name}]"
+            pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
 
 
 def info(message: str) -> None:

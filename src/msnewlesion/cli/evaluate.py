@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from msnewlesion.cli.common import cli_errors, console, err_console, fail, progress_bars, warn
+from msnewlesion.cli.common import cli_errors, console, err_console, fail, flags_of, progress_bars, warn, with_flags
 from msnewlesion.errors import InputError
 
 
@@ -60,6 +60,13 @@ def evaluate(
     units: Units = typer.Option(
         Units.mm, "--units", help="Distances in mm (using the image spacing) or in voxels (as the paper reported)."
     ),
+    threshold: Optional[float] = typer.Option(
+        None,
+        "--threshold",
+        min=0.0,
+        help="Binarise masks that hold fractions (probability maps): voxels above this value are lesion. "
+        "Without it such a file is refused.",
+    ),
     output: Optional[Path] = typer.Option(
         None, "-o", "--output", help="Write a CSV: one row per case, then a row of means."
     ),
@@ -74,7 +81,8 @@ def evaluate(
 ) -> None:
     """Score predicted lesion masks against reference masks: Dice, distances and lesion-wise detection.
 
-    Every voxel with a label above 0 is lesion, in both masks; both masks must share a grid.
+    Every voxel with a label above 0 is lesion, in both masks; both masks must share a grid. A mask
+    holding fractions (a probability map) is refused unless `--threshold` says where to cut it.
 
     * Dice and Jaccard on the masks as given (1 when both are empty).
     * HD95, ASD (prediction → reference) and ASSD as medpy defines them, in mm by default
@@ -113,6 +121,7 @@ def evaluate(
         min_lesion_voxels=min_lesion_voxels,
         connectivity=int(connectivity.value),
         units=units.value,
+        threshold=threshold,
     )
     single = prediction is not None or reference is not None
     folders = pred_dir is not None or gt_dir is not None
@@ -145,8 +154,9 @@ def evaluate(
     with progress_bars(enabled=not quiet and len(case_pairs) > 1) as progress:
         results, evaluation_failures = evaluate_pairs(case_pairs, options, progress=progress)
     failures.extend(evaluation_failures)
+    flags = flags_of(evaluate)
     if single and failures:
-        raise fail(failures[0].error)
+        raise fail(with_flags(failures[0].error, flags))
 
     if output is not None:
         write_results_csv(output, results, failures)
@@ -162,7 +172,8 @@ def evaluate(
                 err_console.print(f"{what} written to {escape(str(path))}", highlight=False)
 
     for failure in failures:
-        err_console.print(f"[bold red]error:[/] {escape(failure.case)}: {escape(failure.error)}", soft_wrap=True)
+        message = with_flags(failure.error, flags)
+        err_console.print(f"[bold red]error:[/] {escape(failure.case)}: {escape(message)}", soft_wrap=True)
     if failures:
         total = len(results) + len(failures)
         raise fail(f"{len(failures)} of {total} cases could not be evaluated (see above)")

@@ -9,7 +9,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from msnewlesion.cli.common import cli_errors, console, info, progress_bars
+from msnewlesion.cli.common import Command, cli_errors, console, info, progress_bars
 
 if TYPE_CHECKING:
     from msnewlesion.hub import ModelEntry
@@ -87,7 +87,7 @@ def _registry_block(entry: "ModelEntry") -> Table:
     return block
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 @cli_errors
 def list_command(
     json_output: bool = typer.Option(
@@ -126,7 +126,7 @@ def list_command(
     info(f"your entries are kept in {registry_path()}")
 
 
-@app.command("download")
+@app.command("download", cls=Command)
 @cli_errors
 def download_command(
     model: str = typer.Argument(
@@ -166,7 +166,7 @@ def download_command(
     typer.echo(str(resolved.path))
 
 
-@app.command("add")
+@app.command("add", cls=Command)
 @cli_errors
 def add_command(
     name: str = typer.Argument(
@@ -209,7 +209,7 @@ def add_command(
     info(f"added {entry.name}: {where}, weights sha256 {entry.sha256} (registry: {registry_path()})")
 
 
-@app.command("remove")
+@app.command("remove", cls=Command)
 @cli_errors
 def remove_command(name: str = typer.Argument(..., metavar="NAME", help="A name you added with `models add`.")) -> None:
     """Remove one of your entries from the registry. The model's files are left where they are.
@@ -225,7 +225,7 @@ def remove_command(name: str = typer.Argument(..., metavar="NAME", help="A name 
     info(f"removed {entry.name}{kept}")
 
 
-@app.command("push")
+@app.command("push", cls=Command)
 @cli_errors
 def push_command(
     model_dir: Path = typer.Argument(
@@ -276,7 +276,7 @@ def push_command(
     typer.echo(result.commit)
 
 
-@app.command("convert-coactseg")
+@app.command("convert-coactseg", cls=Command)
 @cli_errors
 def convert_coactseg(
     checkpoint: Path = typer.Argument(
@@ -298,7 +298,11 @@ def convert_coactseg(
 
         msnewlesion models convert-coactseg vnet_best_model.pth -o models/coactseg-official
     """
+    from msnewlesion.io import check_output_location, check_outputs_free
     from msnewlesion.model.convert import convert_official_checkpoint
 
+    # Before the checkpoint is read: the output must be a folder that can be written.
+    check_output_location(output, kind="folder", what="model folder")
+    check_outputs_free([output], inputs=[checkpoint], overwrite=overwrite)
     destination = convert_official_checkpoint(checkpoint, output, overwrite=overwrite)
     info(f"converted {checkpoint} → {destination} (use it with --model {destination})")

@@ -147,6 +147,7 @@ def predict(
 
         msnewlesion predict t1.nii.gz t2.nii.gz -o out --skull-strip none --json > summary.json
     """
+    from msnewlesion.io import claim_output_folder
     from msnewlesion.predict import open_model, predict_pair, prediction_outputs, write_prediction
 
     options = build_options(locals())
@@ -160,18 +161,19 @@ def predict(
         from msnewlesion.errors import OutputExistsError
 
         raise OutputExistsError(f"{output} already holds results; pass --overwrite to replace them or --skip-existing")
-    with progress_bars(not quiet) as progress:
-        loaded, provenance = open_model(model, device=device, progress=progress)
-        prediction = predict_pair(baseline, followup, loaded, options, provenance=provenance, progress=progress)
-    for message in prediction.warnings:
-        warn(message)
-    write_prediction(
-        prediction,
-        output,
-        inputs=[p for p in (baseline, followup, brain_mask) if p is not None],
-        overwrite=overwrite,
-        save_probabilities=save_probabilities,
-    )
+    inputs = [p for p in (baseline, followup, brain_mask) if p is not None]
+    # Checked and held before any work; files beside a missing summary.json are an interrupted run's leftovers.
+    with claim_output_folder(
+        output, outputs=outputs.values(), inputs=inputs, overwrite=True, command="predict"
+    ) as claim:
+        with progress_bars(not quiet) as progress:
+            loaded, provenance = open_model(model, device=device, progress=progress)
+            prediction = predict_pair(
+                baseline, followup, loaded, options, provenance=provenance, progress=progress, scratch_dir=claim.scratch
+            )
+        for message in prediction.warnings:
+            warn(message)
+        write_prediction(prediction, output, inputs=inputs, overwrite=overwrite, save_probabilities=save_probabilities)
     summary = prediction.summary
     if as_json:
         typer.echo(json.dumps(json.loads(outputs["summary"].read_text()), indent=2))

@@ -151,7 +151,7 @@ def preprocess(
     """
     import time
 
-    from msnewlesion.io import check_outputs_free, load_mask
+    from msnewlesion.io import claim_output_folder, load_mask
     from msnewlesion.preprocess import (
         PreprocessOptions,
         preprocess_pair,
@@ -190,15 +190,16 @@ def preprocess(
     inputs = [baseline, followup, *(path for _, path in label_files.values())]
     inputs += [brain_mask] if brain_mask is not None else []
     planned = [*preprocessed_outputs(output).values(), *(output / f"{name}.nii.gz" for name in label_files)]
-    check_outputs_free(planned, inputs=inputs, overwrite=overwrite)
-    label_masks = {
-        name: (which, load_mask(path, what=f"{which} label {name}")) for name, (which, path) in label_files.items()
-    }
-
-    with progress_bars(not quiet) as progress:
-        pair = preprocess_pair(baseline, followup, options, progress=progress)
-        labels = {name: to_common(mask, pair, which, kind="mask") for name, (which, mask) in label_masks.items()}
-        written = save_preprocessed(pair, output, overwrite=overwrite, labels=labels)
+    with claim_output_folder(
+        output, outputs=planned, inputs=inputs, overwrite=overwrite, command="preprocess"
+    ) as claim:
+        label_masks = {
+            name: (which, load_mask(path, what=f"{which} label {name}")) for name, (which, path) in label_files.items()
+        }
+        with progress_bars(not quiet) as progress:
+            pair = preprocess_pair(baseline, followup, options, progress=progress, scratch_dir=claim.scratch)
+            labels = {name: to_common(mask, pair, which, kind="mask") for name, (which, mask) in label_masks.items()}
+            written = save_preprocessed(pair, output, overwrite=overwrite, labels=labels)
     if json_output:
         console.print_json(json.dumps({"files": [str(p) for p in written], "record": pair.record}, default=str))
     else:

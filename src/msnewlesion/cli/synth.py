@@ -124,6 +124,7 @@ def synth(
 
         msnewlesion synth p07/flair.nii.gz p07/lesions.nii.gz -o null-pairs --mode none --acquisition --pairs 10
     """
+    from msnewlesion.io import claim_output_folder
     from msnewlesion.synth import AcquisitionOptions, SynthOptions, write_synthetic_pairs
 
     acquisition_options = (
@@ -156,7 +157,8 @@ def synth(
         interpolation_order=interpolation,
         acquisition=acquisition_options,
     )
-    with progress_bars(not quiet) as bars:
+    inputs = [flair, lesions, *(library or []), *([brain_mask] if brain_mask is not None else [])]
+    with claim_output_folder(output, inputs=inputs, command="synth"), progress_bars(not quiet) as bars:
         summaries = write_synthetic_pairs(
             flair,
             lesions,

@@ -1,11 +1,13 @@
 """``msnewlesion train``: CoactSeg training on a manifest of heterogeneous samples."""
 
+import contextlib
 import os
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from msnewlesion.cli.common import DEVICE_HELP, cli_errors, err_console, info, progress_bars
@@ -62,25 +64,26 @@ def train(
 
         torchrun --nproc_per_node 4 -m msnewlesion train manifest.csv -o runs/exp1
     """
-    from msnewlesion.training import TrainConfig, read_manifest, validate_manifest
+    from msnewlesion.io import claim_output_folder
+    from msnewlesion.training import TrainConfig, check_manifest
     from msnewlesion.training import train as run_training
 
     if dry_run:
-        parsed = read_manifest(manifest)
         with progress_bars(not quiet) as progress:
-            problems = validate_manifest(parsed, progress=progress)
+            parsed, problems = check_manifest(manifest, progress=progress)
+        if problems:
+            # One line per problem, each naming the manifest: every problem at once, grep-able.
+            for problem in problems:
+                err_console.print(
+                    f"[bold red]error:[/] {escape(str(manifest))}: {escape(problem)}", highlight=False, soft_wrap=True
+                )
+            raise typer.Exit(code=1)
         train_rows, val_rows = parsed.split("train"), parsed.split("val")
         n_long = sum(r.longitudinal for r in train_rows)
-        summary = (
-            f"{len(parsed.rows)} samples: {n_long} longitudinal + {len(train_rows) - n_long} single for training, "
-            f"{len(val_rows)} for validation"
+        info(
+            f"manifest OK: {len(parsed.rows)} samples: {n_long} longitudinal + {len(train_rows) - n_long} single "
+            f"for training, {len(val_rows)} for validation"
         )
-        if problems:
-            err_console.print(f"[bold red]{len(problems)} problem(s)[/] in {manifest}:", highlight=False)
-            for problem in problems:
-                err_console.print(f"  - {problem}", highlight=False, markup=False)
-            raise typer.Exit(code=1)
-        info(f"manifest OK: {summary}")
         return
 
     overrides = {
@@ -101,10 +104,11 @@ def train(
         base = TrainConfig.load(config) if config is not None else TrainConfig()
     settings = base.replace(**overrides)
 
-    # Under torchrun only rank 0 reports; the other ranks train silently.
+    # Under torchrun only rank 0 reports (and holds the run folder); the other ranks train silently.
     main_rank = os.environ.get("RANK", "0") == "0"
     quiet = quiet or not main_rank
-    with _TrainingBar(settings.iterations, enabled=not quiet) as bar, progress_bars(not quiet) as progress:
+    claim = claim_output_folder(output, inputs=[manifest], command="train") if main_rank else contextlib.nullcontext()
+    with claim, _TrainingBar(settings.iterations, enabled=not quiet) as bar, progress_bars(not quiet) as progress:
         result = run_training(
             manifest,
             output,

@@ -222,7 +222,7 @@ def _offline_instructions(spec: HubSpec, reason: str) -> str:
         f"On a machine with internet, run `HF_HUB_CACHE=/tmp/msnewlesion-models msnewlesion models download {spec}`, "
         f"then copy the folder /tmp/msnewlesion-models/{folder} to {cache / folder} on this machine "
         "(or point HF_HUB_CACHE at the folder that holds the copy); "
-        "or pass --model with a local model folder (config.json + model.safetensors)"
+        "or give `model` a local model folder (config.json + model.safetensors)"
     )
 
 
@@ -263,7 +263,7 @@ def _fetch(
         )
     except LocalEntryNotFoundError as error:
         if offline or is_offline():
-            reason = "offline mode is on (HF_HUB_OFFLINE or --offline)"
+            reason = "offline mode is on (HF_HUB_OFFLINE or `offline=True`)"
         else:
             cause = error.__cause__ or error
             reason = f"the Hub at {hub_endpoint()} could not be reached ({type(cause).__name__}: {cause})".replace(

@@ -428,21 +428,23 @@ def add_model(
         raise ModelError(f"{name!r} is a built-in model; choose another name")
     records = _read_user_records()
     if name in records and not replace:
-        raise ModelError(f"model {name!r} is already in the registry ({registry_path()}); pass --replace to change it")
+        raise ModelError(
+            f"model {name!r} is already in the registry ({registry_path()}); pass `replace=True` to change it"
+        )
     expected = normalize_sha256(sha256) if sha256 else None
 
     folder = Path(target).expanduser()
     hub = None if folder.is_dir() else parse_hub_spec(target)
     if folder.is_dir() and not target.startswith(HUB_PREFIX):
         if revision is not None:
-            raise ModelError("--revision applies to Hub repositories, not to a local folder")
+            raise ModelError("`revision` applies to Hub repositories, not to a local folder")
         folder = folder.resolve()
         resolved = _resolve_folder(folder, name=name, source="local", expected_sha256=expected)
         load_model(folder)
         record: dict[str, Any] = {"source": "local", "path": str(folder)}
     elif hub is not None:
         if revision is not None and hub.revision is not None and revision != hub.revision:
-            raise ModelError(f"two revisions given: {hub.revision!r} in {target!r} and --revision {revision!r}")
+            raise ModelError(f"two revisions given: {hub.revision!r} in {target!r} and `revision` {revision!r}")
         resolved = download_model(
             hub.repo_id, revision or hub.revision, sha256=expected, name=name, offline=offline, progress=progress
         )

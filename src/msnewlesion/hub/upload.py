@@ -53,7 +53,7 @@ def _check_repo_id(repo_id: str) -> str:
     spec = parse_hub_spec(repo_id)
     if spec is None or spec.revision is not None:
         raise ModelError(
-            f"not a Hub repository name: {repo_id!r} (use owner/name; choose the branch with --branch, not @)"
+            f"not a Hub repository name: {repo_id!r} (use owner/name; choose the branch with `branch`, not @)"
         )
     return spec.repo_id
 
@@ -133,7 +133,7 @@ def push_model(
     token = token or get_token()
     if not token:
         raise ModelError(
-            "no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login` (the token needs write access)"
+            "no Hugging Face token: pass `token`, set HF_TOKEN, or run hf auth login (the token needs write access)"
         )
     branch = branch or "main"
     api = HfApi(endpoint=hub_endpoint(), token=token, library_name="msnewlesion", library_version=__version__)

@@ -9,6 +9,7 @@ package's network, and the result is loaded strictly: every tensor used, every p
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -141,15 +142,33 @@ def official_state_dict_shapes() -> dict[str, tuple[int, ...]]:
     return {official_name(name): tuple(tensor.shape) for name, tensor in network.state_dict().items()}
 
 
+def _load_failure(error: Exception) -> str:
+    """torch.load's reason in one line, without its advice to load with ``weights_only=False``.
+
+    That advice would run any code the file holds: exactly what reading with ``weights_only=True``
+    refuses, so it must never reach the user as the way out.
+    """
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0].strip()
+        detail = detail.split(". ")[0].rstrip(".")  # torch goes on to explain how to allow-list the object
+        return f"it is not a file of plain tensors (the safe reader stopped at: {detail or 'an unknown object'})"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0].rstrip(".") if lines else type(error).__name__
+
+
 def _read_official(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise InputError(f"official checkpoint not found: {path}")
     try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol before failing: the error says all there is to say.
+            warnings.simplefilter("ignore")
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError...
         raise ModelError(
-            f"could not read {path} as a plain PyTorch state dict (read with weights_only=True, so files that "
-            f"need arbitrary code are refused): {error}"
+            f"could not read {path} as a PyTorch state dict of tensors: {_load_failure(error)}; it was read with "
+            "weights_only=True, which never runs code from the file: give the official vnet_best_model.pth"
         ) from None
     if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
         loaded = loaded["state_dict"]

@@ -434,14 +434,19 @@ def _read_inputs(
             check_same_grid(base, follow, what_a="the baseline FLAIR", what_b="the follow-up FLAIR")
         except GeometryError as error:
             raise GeometryError(
-                f"{error}\nWithout registration (no preprocessing, or space 'none') both scans must already "
+                f"{error} Without registration (no preprocessing, or space 'none') both scans must already "
                 "share one grid; let msnewlesion register them instead (space halfway, baseline or followup)."
             ) from None
     report(progress, "read", 2, 2)
     return _Inputs(base, follow, user_mask, skull_strip)
 
 
-def _register(inputs: _Inputs, options: PreprocessOptions, progress: ProgressCallback | None) -> _Registration:
+def _register(
+    inputs: _Inputs,
+    options: PreprocessOptions,
+    progress: ProgressCallback | None,
+    scratch_dir: str | os.PathLike[str] | None = None,
+) -> _Registration:
     """The rigid transform between the scans and, from it, each scan's map from the common space."""
     base, follow = inputs.base, inputs.follow
     if options.registration == "none":
@@ -461,6 +466,7 @@ def _register(inputs: _Inputs, options: PreprocessOptions, progress: ProgressCal
         seed=options.seed,
         fixed_mask=inputs.user_mask.data if inputs.user_mask is not None else None,
         describe=describe,
+        scratch_dir=scratch_dir,
     )
     rotation = rotation_angle_degrees(followup_from_baseline)
     if rotation > options.max_rotation_degrees:
@@ -510,11 +516,17 @@ def _check_registration(
     )
     registration.record["head_correlation"] = round(similarity, 4)
     if not similarity >= options.min_registration_correlation:
+        # Only the coarser QuickRigid has a finer transform to try.
+        advice = (
+            '; try `transform="Rigid"` (slower, finer).'
+            if options.transform == "QuickRigid"
+            else " and that their orientation headers are right."
+        )
         raise RegistrationError(
             f"registration of the follow-up FLAIR {inputs.follow.name} onto the baseline FLAIR {inputs.base.name} "
             f"({options.transform}) landed far off: after it the two heads correlate at {similarity:.2f}, below "
             f"the {options.min_registration_correlation:g} expected of two scans of one head. Check that both "
-            "files are FLAIRs of the same patient; try the Rigid transform."
+            f"files are FLAIRs of the same patient{advice}"
         )
 
 
@@ -571,6 +583,7 @@ def preprocess_pair(
     followup: Volume | str | os.PathLike[str],
     options: PreprocessOptions | None = None,
     progress: ProgressCallback | None = None,
+    scratch_dir: str | os.PathLike[str] | None = None,
 ) -> PreprocessedPair:
     """Bring a baseline and a follow-up FLAIR onto one grid, skull-stripped and normalised.
 
@@ -582,6 +595,10 @@ def preprocess_pair(
         Which steps and how; the defaults when None.
     progress : ProgressCallback, optional
         Told about each step.
+    scratch_dir : path-like, optional
+        Where the registration keeps its files while it runs (the system's temporary folder when
+        None); a command passes its output folder's scratch space, so that a killed run leaves
+        nothing elsewhere.
 
     Returns
     -------
@@ -618,7 +635,7 @@ def preprocess_pair(
     clock.add("read", step, baseline=base.name, followup=follow.name)
 
     step = time.perf_counter()
-    registration = _register(inputs, options, progress)
+    registration = _register(inputs, options, progress, scratch_dir)
     # The full common grid covers both fields of view, on the lattice through the baseline's first voxel.
     from_baseline, from_followup = np.linalg.inv(registration.to_baseline), np.linalg.inv(registration.to_followup)
     corners = np.vstack(

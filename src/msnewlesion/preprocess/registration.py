@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
+import pickle
+import subprocess
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,6 +95,67 @@ def _ants_seed(seed: int) -> Iterator[None]:
         ants.config._random_seed = previous
 
 
+class _Worker:
+    """antsRegistration in a long-lived child process, so that Ctrl-C stops a registration at once.
+
+    antspyx holds the interpreter lock for the whole registration (tens of seconds): run in this
+    process, a Ctrl-C would only be noticed once it returned. The child imports antspyx once and
+    then serves one registration at a time (they held the lock, so ran one at a time, before too);
+    requests and answers are pickles on its stdin and stdout. It is a plain ``python -c`` process,
+    not ``multiprocessing``, so a caller's script is never imported again in the child.
+    """
+
+    def __init__(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        """Start afresh: in a forked child the parent's worker and lock are the parent's, not ours."""
+        self.lock = threading.Lock()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        import msnewlesion
+
+        # Appended, not prepended: this process's msnewlesion is found even when it is not installed,
+        # and nothing the child would import otherwise is shadowed.
+        root = str(Path(msnewlesion.__file__).resolve().parents[1])
+        code = (
+            f"import sys; sys.path.append({root!r}); "
+            "from msnewlesion.preprocess._registration_worker import serve; serve()"
+        )
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def run(self, request: tuple[Any, ...]) -> tuple[str, Any]:
+        with self.lock:
+            if self.process is None or self.process.poll() is not None:
+                self.process = self._start()
+            process = self.process
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                pickle.dump(request, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                process.stdin.flush()
+                return pickle.load(process.stdout)
+            except (EOFError, OSError, pickle.UnpicklingError):
+                code = process.wait()
+                self.process = None
+                return "error", f"the registration process stopped without an answer (exit code {code})"
+            except BaseException:  # Ctrl-C above all: the registration must stop now, not when it ends
+                self.stop()
+                raise
+
+
+_WORKER = _Worker()
+atexit.register(_WORKER.stop)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WORKER.forget)
+
+
 def register_rigid(
     fixed_data: np.ndarray,
     fixed_affine: np.ndarray,
@@ -98,8 +166,12 @@ def register_rigid(
     seed: int = 1337,
     fixed_mask: np.ndarray | None = None,
     describe: str = "the registration",
+    scratch_dir: str | os.PathLike[str] | None = None,
 ) -> np.ndarray:
     """Rigidly register ``moving`` onto ``fixed`` (Mattes mutual information, antspyx).
+
+    antsRegistration runs in a child process (started once, then reused), which is stopped at
+    once when this process is interrupted (Ctrl-C).
 
     Parameters
     ----------
@@ -117,6 +189,9 @@ def register_rigid(
         Where the metric is computed, on the fixed image's grid.
     describe : str
         Names the two images in error messages.
+    scratch_dir : path-like, optional
+        Folder for antsRegistration's files while it runs (a new folder in it, removed afterwards);
+        the system's temporary folder when None.
 
     Returns
     -------
@@ -134,30 +209,30 @@ def register_rigid(
     >>> rotation_angle_degrees(matrix)  # doctest: +SKIP
     2.7
     """
-    import ants
-
     if transform not in TRANSFORM_TYPES:
         raise RegistrationError(f"unknown registration transform {transform!r}: choose {' or '.join(TRANSFORM_TYPES)}")
     fixed_data, fixed_affine_exact = without_shear(fixed_data, fixed_affine, order=1)
     moving_data, moving_affine_exact = without_shear(moving_data, moving_affine, order=1)
-    fixed = to_ants_image(fixed_data, fixed_affine_exact)
-    moving = to_ants_image(moving_data, moving_affine_exact)
     mask = None
     if fixed_mask is not None:
         mask_data, _ = without_shear(np.asarray(fixed_mask, dtype=bool), fixed_affine, order=0)
-        mask = to_ants_image(mask_data.astype(np.float32), fixed_affine_exact)
-    with tempfile.TemporaryDirectory(prefix="msnewlesion-registration-") as workdir, _ants_seed(seed):
-        try:
-            result = ants.registration(
-                fixed,
-                moving,
-                type_of_transform=transform,
-                mask=mask,
-                outprefix=str(Path(workdir) / "rigid_"),
+        mask = mask_data.astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="msnewlesion-registration-", dir=scratch_dir) as workdir:
+        status, value = _WORKER.run(
+            (
+                (np.ascontiguousarray(fixed_data, dtype=np.float32), fixed_affine_exact),
+                (np.ascontiguousarray(moving_data, dtype=np.float32), moving_affine_exact),
+                mask,
+                transform,
+                seed,
+                str(Path(workdir) / "rigid_"),
             )
-            matrix_lps = ants_transform_matrix(ants.read_transform(result["fwdtransforms"][0]))
-        except (RuntimeError, ValueError, IndexError, OSError) as error:
-            raise RegistrationError(f"{describe} failed in antspyx: {error}") from None
+        )
+    if status == "error":
+        raise RegistrationError(f"{describe} failed in antspyx: {value}")
+    if status != "ok":  # a bug in the child: keep its traceback
+        raise RuntimeError(f"the registration process failed:\n{value}")
+    matrix_lps = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(matrix_lps)):
         raise RegistrationError(f"{describe} returned a transform that is not finite")
     matrix = RAS_TO_LPS @ matrix_lps @ RAS_TO_LPS

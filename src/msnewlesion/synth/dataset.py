@@ -197,8 +197,8 @@ def write_synthetic_pairs(
         raise InputError(f"the subject name {subject!r} must be non-empty, without spaces, commas or slashes")
     if options.added_lesions > 0 and library is None:
         raise InputError(
-            "lesions are to be added but no lesion library was given: pass --library with a folder of lesion masks, "
-            "or add none (--mode remove)"
+            "lesions are to be added but no lesion library was given: pass `library` with a folder of lesion masks, "
+            "or add none (`added_lesions=0`)"
         )
 
     output_dir = Path(output_dir)
@@ -207,7 +207,7 @@ def write_synthetic_pairs(
     if existing and not overwrite:
         listed = ", ".join(existing[:3]) + (" …" if len(existing) > 3 else "")
         raise OutputExistsError(
-            f"pair folders already exist in {output_dir} ({listed}); pass --overwrite to replace them, or --start "
+            f"pair folders already exist in {output_dir} ({listed}); pass `overwrite=True` to replace them, or `start` "
             "to continue the series after them"
         )
     manifest_path = output_dir / MANIFEST_NAME

@@ -87,7 +87,7 @@ class LesionLibrary:
         [27, 8]
         """
         if not volumes:
-            raise InputError("the lesion library is empty: give at least one lesion mask (--library)")
+            raise InputError("the lesion library is empty: give at least one lesion mask (`library`)")
         reference = volumes[0]
         lesions: list[LibraryLesion] = []
         sources = []
@@ -154,7 +154,7 @@ def find_library_files(entries: str | os.PathLike[str] | Sequence[str | os.PathL
         else:
             raise InputError(f"lesion library entry not found: {path}")
     if not files:
-        raise InputError("the lesion library is empty: give a folder of lesion masks or mask files (--library)")
+        raise InputError("the lesion library is empty: give a folder of lesion masks or mask files (`library`)")
     return files
 
 

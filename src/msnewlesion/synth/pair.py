@@ -479,7 +479,7 @@ def synthesize_pair(
         if not isinstance(library, LesionLibrary):
             library = LesionLibrary.from_volumes(library) if len(library) else library
         if not isinstance(library, LesionLibrary) or not library.lesions:
-            raise InputError("the lesion library is empty: lesions to add need a library of lesion masks (--library)")
+            raise InputError("the lesion library is empty: lesions to add need a library of lesion masks (`library`)")
         candidates = library.between(min_voxels, max_voxels)
         if not candidates:
             raise InputError(

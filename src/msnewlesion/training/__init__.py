@@ -2,7 +2,7 @@
 
 from msnewlesion.training.config import TrainConfig
 from msnewlesion.training.loop import StepLog, TrainResult, train
-from msnewlesion.training.manifest import Manifest, ManifestRow, read_manifest, validate_manifest
+from msnewlesion.training.manifest import Manifest, ManifestRow, check_manifest, read_manifest, validate_manifest
 
 __all__ = [
     "Manifest",
@@ -10,6 +10,7 @@ __all__ = [
     "StepLog",
     "TrainConfig",
     "TrainResult",
+    "check_manifest",
     "read_manifest",
     "train",
     "validate_manifest",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,37 @@ from msnewlesion.model.config import INTENSITY_NORMALIZATIONS, NORM_LAYERS
 __all__ = ["BEST_METRICS", "TrainConfig"]
 
 BEST_METRICS = ("new_lesion_dice", "new_lesion_f1", "new_lesion_pooled_f1", "all_lesion_dice", "mean_dice")
+
+_KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _as_type(value: Any, kind: type) -> Any:
+    """``value`` as ``kind``: numbers written as text (``"1e-3"``, ``"20_000"``) included, nothing lossy."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(value)
+    if kind is str:
+        if value is None:
+            return ""
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise TypeError(value)
+    if isinstance(value, bool) or value is None:  # True is an int to Python, never a number of iterations
+        raise TypeError(value)
+    number = float(value.strip()) if isinstance(value, str) else value
+    if not isinstance(number, int | float):
+        raise TypeError(value)
+    if kind is float:
+        return float(number)
+    if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+        raise ValueError(value)
+    return int(number)
 
 
 @dataclass(frozen=True)
@@ -118,7 +151,9 @@ class TrainConfig:
     input_domain: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self._coerce()
+        if problems:  # the range checks below need the declared types
+            raise InputError("invalid training config: " + "; ".join(problems))
         for name in ("iterations", "batch_size", "val_every", "save_every", "width"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -151,6 +186,18 @@ class TrainConfig:
         if problems:
             raise InputError("invalid training config: " + "; ".join(problems))
 
+    def _coerce(self) -> list[str]:
+        """Give every field its declared type, naming each one that cannot be (YAML reads ``1e-3`` as text)."""
+        problems = []
+        hints = typing.get_type_hints(type(self))
+        for name, kind in hints.items():
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, _as_type(value, kind))
+            except (TypeError, ValueError):
+                problems.append(f"{name} must be {_KIND_NAMES[kind]}, got {value!r}")
+        return problems
+
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with the given fields changed; None values are ignored (unset command-line flags)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -173,6 +220,8 @@ class TrainConfig:
             return cls(**data)
         except TypeError as error:
             raise InputError(f"{source} is malformed: {error}") from None
+        except InputError as error:  # name the file as well as the key
+            raise InputError(f"{source}: {error}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

@@ -142,7 +142,7 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cpu":
         if precision == "fp16":
-            raise InputError("fp16 training is not supported on the CPU: use --precision bf16 or fp32")
+            raise InputError('fp16 training is not supported on the CPU: use `precision="bf16"` or fp32')
         return torch.bfloat16 if precision == "bf16" else None
     return None
 
@@ -190,8 +190,8 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
     if existing and not overwrite:
         raise OutputExistsError(
-            f"{run_dir} already holds a training run ({', '.join(existing)}); pass --resume to continue it "
-            "or --overwrite to start again"
+            f"{run_dir} already holds a training run ({', '.join(existing)}); pass `resume=True` to continue it "
+            "or `overwrite=True` to start again"
         )
     for name in existing:
         path = run_dir / name
@@ -486,7 +486,7 @@ def _train(
         best_iteration = state.get("best_iteration")
         if start >= config.iterations:
             raise InputError(
-                f"the run in {run_dir} already reached iteration {start}; raise --iterations to train further"
+                f"the run in {run_dir} already reached iteration {start}; raise `iterations` to train further"
             )
     if dist_info.main:
         write_text(run_dir / "train_config.yaml", config.to_yaml())
@@ -530,7 +530,7 @@ def _train(
         loss = float(terms.total.detach())
         if not math.isfinite(loss):
             raise InputError(
-                f"the loss became {loss} at iteration {iteration}: lower the learning rate (--config lr) or check "
+                f"the loss became {loss} at iteration {iteration}: lower the learning rate (`lr`) or check "
                 "the inputs' normalisation"
             )
 

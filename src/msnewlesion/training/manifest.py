@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from msnewlesion.errors import InputError
+from msnewlesion.io import quiet_nibabel, read_error_reason, read_voxels
 from msnewlesion.progress import ProgressCallback, report
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "SPLITS",
     "Manifest",
     "ManifestRow",
+    "check_manifest",
     "read_manifest",
     "read_manifest_table",
     "validate_manifest",
@@ -112,30 +114,19 @@ def read_manifest_table(path: str | Path) -> tuple[list[str], list[dict[str, str
     return fieldnames, records
 
 
-def read_manifest(path: str | Path) -> Manifest:
-    """Parse a manifest, listing every structural problem at once.
-
-    Raises
-    ------
-    InputError
-        The file is missing or unreadable, a required column is absent, or rows have an unknown
-        kind or split, empty required fields, or a follow-up missing (longitudinal) or present (single).
-
-    Examples
-    --------
-    >>> manifest = read_manifest("data/manifest.csv")  # doctest: +SKIP
-    >>> len(manifest.split("train")), len(manifest.split("val"))  # doctest: +SKIP
-    (62, 16)
-    """
-    path = Path(path)
+def _parse_manifest(path: Path) -> tuple[Manifest, list[str], set[int]]:
+    """The rows, the problems of their fields, and the lines whose files cannot be checked (empty fields)."""
     if not path.is_file():
         raise InputError(f"manifest not found: {path}")
     _, records = read_manifest_table(path)
     root = path.parent
     rows: list[ManifestRow] = []
     problems: list[str] = []
+    incomplete: set[int] = set()
+    lines_of: dict[str, list[int]] = {}
     for number, record in enumerate(records, start=2):
         subject = record.get("subject", "") or f"row{number}"
+        lines_of.setdefault(subject, []).append(number)
         where = f"line {number} ({subject})"
         kind = record.get("kind", "").lower()
         split = (record.get("split", "") or "train").lower()
@@ -146,6 +137,7 @@ def read_manifest(path: str | Path) -> Manifest:
         for column in ("baseline", "label"):
             if not record.get(column):
                 problems.append(f"{where}: {column} is empty")
+                incomplete.add(number)
         followup = record.get("followup", "")
         if kind == "longitudinal" and not followup:
             problems.append(f"{where}: a longitudinal sample needs a follow-up image")
@@ -176,11 +168,75 @@ def read_manifest(path: str | Path) -> Manifest:
                 },
             )
         )
+    for subject, lines in lines_of.items():
+        if len(lines) > 1:
+            # A sample listed twice weighs double, and one in both splits is validated on what it trained on.
+            problems.append(
+                f"subject {subject!r} is on lines {', '.join(map(str, lines))}: give each sample its own subject name"
+            )
     if not rows:
         problems.append("the manifest has no rows")
+    return Manifest(path=path, rows=tuple(rows)), problems, incomplete
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Parse a manifest, listing every structural problem at once.
+
+    Raises
+    ------
+    InputError
+        The file is missing or unreadable, a required column is absent, or rows have an unknown
+        kind or split, empty required fields, a follow-up missing (longitudinal) or present
+        (single), or a subject name used twice.
+
+    Examples
+    --------
+    >>> manifest = read_manifest("data/manifest.csv")  # doctest: +SKIP
+    >>> len(manifest.split("train")), len(manifest.split("val"))  # doctest: +SKIP
+    (62, 16)
+    """
+    path = Path(path)
+    manifest, problems, _ = _parse_manifest(path)
     if problems:
         raise InputError(_problem_list(path, problems))
-    return Manifest(path=path, rows=tuple(rows))
+    return manifest
+
+
+def check_manifest(
+    path: str | Path,
+    *,
+    check_values: bool = True,
+    check_images: bool = True,
+    progress: ProgressCallback | None = None,
+) -> tuple[Manifest, list[str]]:
+    """Every problem of a manifest at once: its rows' fields, then each row's files (see :func:`validate_manifest`).
+
+    Returns
+    -------
+    manifest : Manifest
+        Every row as read, problems or not.
+    problems : list of str
+        Empty when the manifest can be trained on.
+
+    Raises
+    ------
+    InputError
+        Only when the manifest itself is missing, unreadable, or lacks a required column.
+
+    Examples
+    --------
+    >>> manifest, problems = check_manifest("data/manifest.csv")  # doctest: +SKIP
+    >>> problems  # doctest: +SKIP
+    ["line 4 (s03): label data/s03_label.nii.gz is not binary (values 0, 1, 2); use 0 and 1"]
+    """
+    path = Path(path)
+    manifest, problems, incomplete = _parse_manifest(path)
+    if manifest.rows:
+        checkable = Manifest(path=path, rows=tuple(row for row in manifest.rows if row.line not in incomplete))
+        problems += validate_manifest(
+            checkable, check_values=check_values, check_images=check_images, progress=progress
+        )
+    return manifest, problems
 
 
 def _problem_list(path: Path, problems: Sequence[str]) -> str:
@@ -188,7 +244,8 @@ def _problem_list(path: Path, problems: Sequence[str]) -> str:
 
 
 def _header_geometry(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
-    image = nib.load(str(path))
+    with quiet_nibabel():
+        image = nib.load(str(path))
     shape = tuple(int(s) for s in image.shape[:3])
     if len(image.shape) > 3 and any(s != 1 for s in image.shape[3:]):
         raise ValueError(f"has shape {image.shape}; a 3D image is needed")
@@ -231,7 +288,9 @@ def validate_manifest(
             try:
                 geometries[column] = _header_geometry(path)
             except Exception as error:
-                problems.append(f"{row.where()}: {column} {path} cannot be read as 3D NIfTI: {error}")
+                problems.append(
+                    f"{row.where()}: {column} {path} cannot be read as 3D NIfTI: {read_error_reason(error)}"
+                )
         if "baseline" in geometries:
             shape, affine = geometries["baseline"]
             for column, (other_shape, other_affine) in geometries.items():
@@ -264,14 +323,23 @@ def _value_problems(row: ManifestRow, readable: dict, *, check_images: bool) -> 
         if column not in readable:
             continue
         path = getattr(row, column)
-        values = np.unique(np.asanyarray(nib.load(str(path)).dataobj))
+        try:
+            label = read_voxels(path, what=column)
+        except InputError as error:  # a truncated or corrupt file: its header read, its voxels do not
+            problems.append(f"{row.where()}: {error}")
+            continue
+        values = np.unique(label)
         if not np.all(np.isin(values, (0, 1))):
             shown = ", ".join(f"{v:g}" for v in values[:6]) + (" …" if values.size > 6 else "")
             problems.append(f"{row.where()}: {column} {path} is not binary (values {shown}); use 0 and 1")
     for column in ("baseline", "followup") if check_images else ():
         if column in readable:
             path = getattr(row, column)
-            data = np.asanyarray(nib.load(str(path)).dataobj)
+            try:
+                data = read_voxels(path, what=column)
+            except InputError as error:
+                problems.append(f"{row.where()}: {error}")
+                continue
             if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
                 problems.append(f"{row.where()}: {column} {path} holds NaN or infinite voxels")
             elif data.size and data.min() == data.max():
