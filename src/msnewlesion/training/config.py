@@ -50,6 +50,28 @@ def _as_type(value: Any, kind: type) -> Any:
     return int(number)
 
 
+_DOMAIN_KEYS = ("slice_thickness_mm", "in_plane_spacing_mm")
+
+
+def _input_domain_problems(domain: Any) -> list[str]:
+    if not isinstance(domain, dict):
+        return []  # reported by the type check
+    problems = [f"input_domain has an unknown key {key!r} (known: {', '.join(_DOMAIN_KEYS)})"
+                for key in domain if key not in _DOMAIN_KEYS]  # fmt: skip
+    for key in _DOMAIN_KEYS:
+        if key not in domain:
+            continue
+        value = domain[key]
+        try:
+            low, high = (float(v) for v in value)
+        except (TypeError, ValueError):
+            problems.append(f"input_domain.{key} must be [min, max] in mm, got {value!r}")
+            continue
+        if not 0 <= low <= high:
+            problems.append(f"input_domain.{key} must be [min, max] with 0 ≤ min ≤ max, got {value!r}")
+    return problems
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run. Defaults reproduce the published CoactSeg training.
@@ -183,6 +205,7 @@ class TrainConfig:
             problems.append("crop_shift, rotation_degrees, intensity_jitter and time_point_jitter must not be negative")
         if not 0.0 <= self.random_crop_fraction <= 1.0:
             problems.append(f"random_crop_fraction must be in [0, 1], got {self.random_crop_fraction}")
+        problems.extend(_input_domain_problems(self.input_domain))
         if problems:
             raise InputError("invalid training config: " + "; ".join(problems))
 
@@ -192,6 +215,12 @@ class TrainConfig:
         hints = typing.get_type_hints(type(self))
         for name, kind in hints.items():
             value = getattr(self, name)
+            if typing.get_origin(kind) is dict:
+                if value is None:
+                    object.__setattr__(self, name, {})
+                elif not isinstance(value, dict):
+                    problems.append(f"{name} must be a mapping of keys to values, got {value!r}")
+                continue
             try:
                 object.__setattr__(self, name, _as_type(value, kind))
             except (TypeError, ValueError):
