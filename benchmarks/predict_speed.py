@@ -9,9 +9,14 @@
    Timings use the full-width network (width 16); the agreement needs a trained model, so it uses
    the built-in demo model.
 2. The whole ``msnewlesion predict`` (QuickRigid registration, no skull stripping) on the example.
+3. ``--engines``: the two inference engines in one process, on the same volume and settings (default,
+   automatic precision): PyTorch against OpenVINO, for the full-width network and for the default model,
+   best of 2 after a warm-up; and the agreement of their masks on the trained default model, in fp32
+   and in the automatic precision.
 
     python benchmarks/predict_speed.py             # everything (paper mode takes minutes on 2 cores)
     python benchmarks/predict_speed.py --skip-paper
+    python benchmarks/predict_speed.py --engines   # only the engine comparison
 
 Run by hand; the numbers measured are in docs/performance.md.
 """
@@ -105,18 +110,70 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
 
 
+def compare_engines(pair: Path) -> None:
+    """PyTorch against OpenVINO in this one process: network time and the agreement of the masks."""
+    import torch
+
+    from msnewlesion.hub import DEFAULT_MODEL
+    from msnewlesion.inference import SlidingWindowOptions, sliding_window_predict
+    from msnewlesion.model import CoactSeg, ModelConfig
+    from msnewlesion.predict import open_model
+
+    arrays = np.load(pair)
+    torch.manual_seed(0)
+    networks = {
+        "full-random": CoactSeg(ModelConfig(width=16)).eval(),
+        DEFAULT_MODEL: open_model(DEFAULT_MODEL)[0].network,
+    }
+    for name, network in networks.items():
+        seconds: dict[str, float] = {}
+        for engine in ("torch", "openvino"):
+            options = SlidingWindowOptions(patch_size=(80, 80, 80), engine=engine)
+            sliding_window_predict(network, arrays["baseline"][:80, :80, :80], arrays["followup"][:80, :80, :80],
+                                   options=options)  # fmt: skip  # warm-up: kernels, conversion, compilation
+        for _ in range(2):
+            for engine in ("torch", "openvino"):
+                options = SlidingWindowOptions(patch_size=(80, 80, 80), engine=engine)
+                started = time.perf_counter()
+                sliding_window_predict(network, arrays["baseline"], arrays["followup"], options=options,
+                                       brain_mask=arrays["brain"])  # fmt: skip
+                elapsed = time.perf_counter() - started
+                seconds[engine] = min(seconds.get(engine, elapsed), elapsed)
+        print(
+            f"{name:13s} network over {'×'.join(map(str, SHAPE))}: torch {seconds['torch']:.2f} s, openvino "
+            f"{seconds['openvino']:.2f} s ({seconds['torch'] / seconds['openvino']:.2f}× faster)"
+        )
+    network = networks[DEFAULT_MODEL]
+    for precision in ("fp32", "auto"):
+        masks = {}
+        for engine in ("torch", "openvino"):
+            options = SlidingWindowOptions(patch_size=(80, 80, 80), engine=engine, precision=precision)
+            maps = sliding_window_predict(network, arrays["baseline"], arrays["followup"], options=options,
+                                          brain_mask=arrays["brain"])  # fmt: skip
+            masks[engine] = {head: getattr(maps, head) > 0.5 for head in ("new", "baseline", "followup")}
+        agreement = ", ".join(
+            f"{head} {dice(masks['torch'][head], masks['openvino'][head]):.4f}"
+            for head in ("new", "baseline", "followup")
+        )
+        print(f"{DEFAULT_MODEL}: Dice between the engines' masks, {precision}: {agreement}")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         run_mode(Path(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-paper", action="store_true", help="only the default settings")
+    parser.add_argument("--engines", action="store_true", help="only the comparison of the engines")
     args = parser.parse_args()
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     folder = Path(tempfile.mkdtemp(prefix="predict-speed-"))
     pair = prepared_pair(folder)
+    if args.engines:
+        compare_engines(pair)
+        return
     modes = ["default"] if args.skip_paper else ["default", "paper"]
     for model in ("full-random", "demo"):
         results = {mode: child(pair, mode, model, folder) for mode in modes}
