@@ -132,4 +132,5 @@ def test_the_skull_stripping_network_runs_through_openvino_too(cache) -> None:
     with_openvino = hdbet_v1_brain_probability([head], settings=settings, engine="openvino")
     assert with_openvino.shape == head.shape
     assert np.abs(with_torch - with_openvino).max() < 1e-2  # a deep net with instance norms: fp32 rounding
-    assert np.array_equal(with_torch > 0.5, with_openvino > 0.5)
+    a, b = with_torch > 0.5, with_openvino > 0.5
+    assert a.any() and 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.99

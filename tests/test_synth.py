@@ -516,6 +516,8 @@ def test_cli_writes_pairs_and_a_training_manifest(files: SimpleNamespace, tmp_pa
         "label": "patient07-synth000/new_lesions.nii.gz",
         "brain_mask": "",
         "split": "train",
+        "baseline_lesions": "patient07-synth000/lesions_baseline.nii.gz",
+        "followup_lesions": "patient07-synth000/lesions_followup.nii.gz",
     }
     assert [row["subject"] for row in rows] == ["patient07-synth000", "patient07-synth001"]
     # the training command's own reader accepts it, with no problem

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,11 @@ def _openvino_model(network: nn.Module, example: torch.Tensor, fingerprint: str)
     from openvino.frontend import FrontEndManager
     from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
-    with torch.no_grad():
+    # OpenVINO's front end reads the network by tracing it; PyTorch's warnings about tracing (deprecation,
+    # shape checks made constant) concern that mechanism, not the converted network, so they stay quiet.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         decoder = TorchScriptPythonDecoder(network, example_input=(example,))
     frontend = FrontEndManager().load_by_framework("pytorch")
     model = frontend.convert(frontend.load(decoder))
