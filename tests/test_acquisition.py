@@ -159,3 +159,27 @@ def test_a_null_pair_has_no_new_lesion_but_two_different_acquisitions(scan) -> N
     assert pair.record["new_lesions"]["count"] == 0
     assert not np.array_equal(pair.baseline.data, pair.followup.data)
     assert pair.lesions_baseline.data.sum() == pair.lesions_followup.data.sum() > 0
+
+
+def test_enlarging_lesions_grow_around_a_core_present_at_both_time_points(scan) -> None:  # noqa: F811
+    options = SynthOptions(seed=3, removed_lesions=1, added_lesions=1, enlarged_lesions=2, **QUIET)
+    pair = synthesize_pair(scan.flair, scan.lesions, scan.library, options, tissue=scan.tissue)
+    plain = synthesize_pair(scan.flair, scan.lesions, scan.library, options.replace(enlarged_lesions=0),
+                            tissue=scan.tissue)  # fmt: skip
+    record = pair.record["enlarged"]
+    assert record["made"] == 2
+    # the other changes are drawn first and are the same as without enlarging lesions
+    assert pair.record["added"]["lesions"] == plain.record["added"]["lesions"]
+    before, after, new = (pair.lesions_baseline.data, pair.lesions_followup.data, pair.new_lesions.data)
+    assert np.array_equal(after, before | new) and not (before & new).any()
+    for lesion in record["lesions"]:
+        origin = np.asarray(lesion["origin_voxel"])
+        # its core is a lesion at the baseline already, and the new part surrounds it at the follow-up
+        region = tuple(slice(max(o - 1, 0), o + 40) for o in origin)
+        assert before[region].sum() >= lesion["core_voxels"] > 0.3 * lesion["voxels"] - 1
+    grown = pair.record["new_lesions"]["voxels"] - plain.record["new_lesions"]["voxels"]
+    assert grown == sum(lesion["voxels"] - lesion["core_voxels"] for lesion in record["lesions"])
+    # the new part is brighter at the follow-up than at the baseline
+    only_grown = new & ~plain.new_lesions.data
+    difference = pair.followup.data - pair.baseline.data
+    assert difference[only_grown].mean() > 0.1 * np.median(scan.flair.data[scan.tissue.brain])

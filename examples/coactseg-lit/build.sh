@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Build the built-in `coactseg-lit` model from the LIT data with msnewlesion's own commands:
-# synth (acquisition-aware pairs and null pairs) → preprocess (with three labels) → train (from the demo
-# model) → the checks of README.md beside this file.
+# synth (acquisition-aware pairs, null pairs, pairs with enlarging lesions) → preprocess (with three labels)
+# → train in two stages (from the demo model, then on everything) → the checks of README.md beside this file.
 #
 #   examples/coactseg-lit/build.sh [WORK_DIR]
 #
 # Environment: DATA (the LIT folder; default tests/data/lit), JOBS (parallel jobs, default 2), DEVICE (auto,
-# cpu, cuda), PAIRS (training pairs with new lesions, default 64), NULL_PAIRS (default 24), VAL_PAIRS (default
-# 4, plus 2 null), TIME_LIMIT (minutes of training), TRAIN_FLAGS (extra flags for `msnewlesion train`),
-# FROM_STAGE / UNTIL_STAGE (stages 1-4). Every step is seeded.
+# cpu, cuda), PAIRS (training pairs with new lesions, default 64), NULL_PAIRS (default 24), GROW_PAIRS (pairs
+# with enlarging lesions too, default 48), VAL_PAIRS (default 4, plus 2 null and 2 with enlarging lesions),
+# TIME_LIMIT (minutes of each training stage), TRAIN_FLAGS (extra flags for `msnewlesion train`),
+# FROM_STAGE / UNTIL_STAGE (stages 1-5). Every step is seeded.
 #
 # The real raw longitudinal pair (lit/longitudinal/patient01) is NEVER used here: it is the validation pair
 # of benchmarks/lit_longitudinal.py. LIT patient 26 and the lesion shapes of patients 17-30 are kept out too:
@@ -22,11 +23,12 @@ JOBS="${JOBS:-2}"
 DEVICE="${DEVICE:-auto}"
 PAIRS="${PAIRS:-64}"
 NULL_PAIRS="${NULL_PAIRS:-24}"
+GROW_PAIRS="${GROW_PAIRS:-48}"
 VAL_PAIRS="${VAL_PAIRS:-4}"
 TRAIN_FLAGS="${TRAIN_FLAGS:-}"
 MSNEWLESION="${MSNEWLESION:-msnewlesion}"
 FROM_STAGE="${FROM_STAGE:-1}"
-UNTIL_STAGE="${UNTIL_STAGE:-4}"
+UNTIL_STAGE="${UNTIL_STAGE:-5}"
 export ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 MSNEWLESION
 mkdir -p "$WORK"
 WORK="$(cd "$WORK" && pwd)"
@@ -66,6 +68,20 @@ if stage 1; then
     for pid in "${pids[@]}"; do wait "$pid"; done
     $MSNEWLESION synth "$scan/flair.nii.gz" "$scan/lesions.nii.gz" -o "$WORK/synth/val" --subject valnull \
         --split val --pairs 2 --seed 7000 --mode none "${common[@]}" > /dev/null
+    # enlarging lesions (a lesion at both time points that grows) and subtler contrasts, as real change masks hold
+    pids=()
+    chunk=$(( (GROW_PAIRS + JOBS - 1) / JOBS ))
+    for (( first = 0; first < GROW_PAIRS; first += chunk )); do
+        count=$(( GROW_PAIRS - first < chunk ? GROW_PAIRS - first : chunk ))
+        $MSNEWLESION synth "$scan/flair.nii.gz" "$scan/lesions.nii.gz" "${library[@]}" -o "$WORK/synth/grow$first" \
+            --subject grow --start "$first" --pairs "$count" --seed 4000 --mode both --removed 2 --added 2 \
+            --enlarged 3 --contrast 1.35 --contrast-spread 0.25 "${common[@]}" > /dev/null &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+    $MSNEWLESION synth "$scan/flair.nii.gz" "$scan/lesions.nii.gz" "${library[@]}" -o "$WORK/synth/val" \
+        --subject valgrow --split val --pairs 2 --seed 8000 --mode both --removed 1 --added 1 --enlarged 3 \
+        --contrast 1.35 --contrast-spread 0.25 "${common[@]}" > /dev/null
 fi
 
 if stage 2; then
@@ -93,7 +109,7 @@ if stage 3; then
     stamp "3/4 training manifest"
     {
         echo "subject,kind,baseline,followup,label,brain_mask,split,baseline_lesions,followup_lesions"
-        for prep in "$WORK"/prep/train-* "$WORK"/prep/null-* "$WORK"/prep/val-* "$WORK"/prep/valnull-*; do
+        for prep in "$WORK"/prep/train-* "$WORK"/prep/null-* "$WORK"/prep/grow-* "$WORK"/prep/val*; do
             name=$(basename "$prep"); split=train; [[ $name == val* ]] && split=val
             p="prep/$name"
             echo "$name,longitudinal,$p/baseline.nii.gz,$p/followup.nii.gz,$p/new_lesions.nii.gz,$p/brain_mask.nii.gz,$split,$p/lesions_baseline.nii.gz,$p/lesions_followup.nii.gz"
@@ -104,14 +120,24 @@ if stage 3; then
     $MSNEWLESION train "$manifest" -o "$WORK/run" --dry-run --quiet
 fi
 
-if stage 4; then
-    stamp "4/4 training"
+train_stage() {  # run folder, config, manifest, extra flags
     time_limit=()
     [ -n "${TIME_LIMIT:-}" ] && time_limit=(--time-limit "$TIME_LIMIT")
     resume=(--overwrite)
-    [ -f "$WORK/run/last/training_state.pt" ] && resume=(--resume)
+    [ -f "$1/last/training_state.pt" ] && resume=(--resume)
     # shellcheck disable=SC2086
-    $MSNEWLESION train "$manifest" -o "$WORK/run" --config "$here/train.yaml" --device "$DEVICE" \
-        "${resume[@]}" "${time_limit[@]}" $TRAIN_FLAGS --quiet
+    $MSNEWLESION train "$3" -o "$1" --config "$2" --device "$DEVICE" "${resume[@]}" "${time_limit[@]}" \
+        "${@:4}" $TRAIN_FLAGS --quiet
+}
+if stage 4; then
+    # stage A: from the demo model, on the pairs with new lesions and the null pairs
+    stamp "4/5 training, stage A"
+    grep -v "^grow-\|^valgrow-" "$manifest" > "$WORK/manifest-a.csv"
+    train_stage "$WORK/run" "$here/train.yaml" "$WORK/manifest-a.csv"
 fi
-stamp "done: model folders in $WORK/run/best and $WORK/run/last"
+if stage 5; then
+    # stage B: from stage A's last model, on everything (the pairs with enlarging lesions too)
+    stamp "5/5 training, stage B"
+    train_stage "$WORK/run-b" "$here/train-b.yaml" "$manifest" --init-from "$WORK/run/last"
+fi
+stamp "done: model folders in $WORK/run-b/best and $WORK/run-b/last"

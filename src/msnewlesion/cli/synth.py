@@ -46,6 +46,16 @@ def synth(
         3, "--removed", min=0, help="Lesions to remove from the baseline (modes remove, both)."
     ),
     added: int = typer.Option(3, "--added", min=0, help="Library lesions to add to the follow-up (modes add, both)."),
+    enlarged: int = typer.Option(
+        0,
+        "--enlarged",
+        min=0,
+        help="Lesions of the scan made to enlarge: their outer shell (--enlargement mm) is in-painted in the baseline "
+        "and is new at the follow-up.",
+    ),
+    enlargement: tuple[float, float] = typer.Option(
+        (1.0, 2.5), "--enlargement", metavar="MIN MAX", help="Thickness of an enlarging lesion's new shell, mm."
+    ),
     min_volume: float = typer.Option(10.0, "--min-volume", help="Smallest lesion to remove or add, mm³."),
     max_volume: float = typer.Option(1500.0, "--max-volume", help="Largest lesion to remove or add, mm³."),
     contrast: float = typer.Option(1.3, "--contrast", help="Added lesion intensity / local normal white matter."),
@@ -140,6 +150,8 @@ def synth(
         seed=seed,
         removed_lesions=removed if mode in (Mode.remove, Mode.both) else 0,
         added_lesions=added if mode in (Mode.add, Mode.both) else 0,
+        enlarged_lesions=enlarged if mode != Mode.none else 0,
+        enlargement_mm=enlargement,
         min_lesion_volume_mm3=min_volume,
         max_lesion_volume_mm3=max_volume,
         contrast=contrast,

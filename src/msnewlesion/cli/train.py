@@ -29,6 +29,9 @@ def train(
     save_every: Optional[int] = typer.Option(None, "--save-every", min=1, help="Checkpoint every N iterations."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16."),
+    init_from: Optional[str] = typer.Option(
+        None, "--init-from", help="Start from this model's weights (a folder, registry name or Hub repo): fine-tuning."
+    ),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     time_limit: Optional[float] = typer.Option(
         None,
@@ -96,6 +99,7 @@ def train(
         "save_every": save_every,
         "seed": seed,
         "precision": precision,
+        "init_from": init_from,
     }
     if resume and config is None:
         saved = output / "train_config.yaml"

@@ -61,15 +61,19 @@ PAIR_FILES = {
 MASK_DEFINITION = (
     "Each time point has a lesion-content map in [0, 1] (the fraction of a voxel that is lesion): 1 on annotated "
     "lesions, 0 on an in-painted (removed) lesion in the baseline, and 1 / (1 + exp(d / edge_softness_mm)) around "
-    "an added lesion, d being the signed distance to its boundary in mm (negative inside), which is above 1/2 "
-    "exactly on the library lesion's voxels. Before motion, lesions_baseline = {baseline content > 1/2}, "
-    "lesions_followup = {follow-up content > 1/2} and new_lesions = {follow-up content - baseline content > 1/2}: "
-    "exactly the removed annotated lesions plus the placed library lesions. Each mask then moves with its image by "
+    "an added lesion (and, at the baseline, around an enlarging lesion's core), d being the signed distance to its "
+    "boundary in mm (negative inside), which is above 1/2 exactly on the library lesion's voxels. Before motion, "
+    "lesions_baseline = {baseline content > 1/2}, lesions_followup = {follow-up content > 1/2} and new_lesions = "
+    "the removed annotated lesions, the placed library lesions (there {follow-up content - baseline content > 1/2}) "
+    "and each enlarging lesion's voxels outside its core. Each mask then moves with its image by "
     "nearest neighbour (a voxel is lesion when its centre, mapped back through the motion, falls in a lesion voxel). "
     "Without motion, drift and noise, the follow-up exceeds the baseline by more than half an added lesion's "
     "intensity increase exactly on its voxels, and baseline and follow-up are identical outside the changes' "
     "supports (each new lesion grown by its soft rim, rim_mm)."
 )
+
+#: The core of an enlarging lesion (present at both time points) holds at least this fraction of it.
+ENLARGING_MIN_CORE = 0.3
 
 # How many random placements are tried for one added lesion: first at library lesions' own (jittered)
 # locations, then at random white-matter locations.
@@ -89,6 +93,12 @@ class SynthOptions:
         Annotated lesions to in-paint in the baseline (they stay in the follow-up, so they are new).
     added_lesions : int
         Library lesions to add to the follow-up.
+    enlarged_lesions : int
+        Enlarging lesions: a library lesion whose core (the lesion eroded by ``enlargement_mm``) is added to
+        both time points and the whole shape to the follow-up; the part outside the core is new (change
+        masks mark enlarging lesions so).
+    enlargement_mm : (float, float)
+        Range of the thickness of an enlarging lesion's new part.
     min_lesion_volume_mm3, max_lesion_volume_mm3 : float
         Only lesions of this size are removed or added.
     contrast : float
@@ -136,6 +146,8 @@ class SynthOptions:
     seed: int = 0
     removed_lesions: int = 3
     added_lesions: int = 3
+    enlarged_lesions: int = 0
+    enlargement_mm: tuple[float, float] = (1.0, 2.5)
     min_lesion_volume_mm3: float = 10.0
     max_lesion_volume_mm3: float = 1500.0
     contrast: float = 1.3
@@ -166,7 +178,12 @@ class SynthOptions:
                 problems.append(message)
 
         check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a whole number ≥ 0, got {self.seed}")
-        for name in ("removed_lesions", "added_lesions"):
+        object.__setattr__(self, "enlargement_mm", tuple(float(v) for v in self.enlargement_mm))
+        check(
+            len(self.enlargement_mm) == 2 and 0 < self.enlargement_mm[0] <= self.enlargement_mm[1],
+            f"enlargement_mm must be a range (min, max) of positive mm, got {self.enlargement_mm}",
+        )
+        for name in ("removed_lesions", "added_lesions", "enlarged_lesions"):
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 0, f"{name} must be a whole number ≥ 0, got {value}")
         check(self.min_lesion_volume_mm3 > 0, f"min_lesion_volume_mm3 must be > 0, got {self.min_lesion_volume_mm3}")
@@ -338,7 +355,16 @@ class _Painter:
             padded = ndimage.maximum_filter(padded, size=[2 * g + 1 for g in gap])
         return not (self.occupied[grown_box] & padded).any()
 
-    def add(self, lesion: LibraryLesion, mask: np.ndarray, origin: np.ndarray, contrast: float) -> dict[str, Any]:
+    def add(
+        self,
+        lesion: LibraryLesion,
+        mask: np.ndarray,
+        origin: np.ndarray,
+        contrast: float,
+        core: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Add a library lesion to the follow-up; with ``core`` (a part of ``mask``), an enlarging lesion:
+        the core at both time points, the whole shape at the follow-up, the rest of it new."""
         options = self.options
         rim_mm = FLOOR_DISTANCE * options.edge_softness_mm
         reach = [r + n + 1 for r, n in zip(voxels_for_mm(rim_mm, self.spacing), self.nawm_reach, strict=True)]
@@ -362,7 +388,18 @@ class _Painter:
         increase = (contrast - 1.0) * nawm_mean
         self.followup[box] += weight * np.float32(increase)
         np.maximum(self.content_followup[box], weight, out=self.content_followup[box])
-        np.maximum(self.content_new[box], weight, out=self.content_new[box])
+        if core is None:
+            np.maximum(self.content_new[box], weight, out=self.content_new[box])
+        else:
+            core_in_box = np.zeros_like(shape_in_box)
+            core_in_box[inner] = core
+            core_weight = soft_lesion_weight(signed_distance_mm(core_in_box, self.spacing), options.edge_softness_mm)
+            core_weight[self.lesions[box]] = 0
+            self.baseline[box] += core_weight * np.float32(increase)
+            np.maximum(self.content_baseline[box], core_weight, out=self.content_baseline[box])
+            # the new part is exactly the library lesion's voxels outside the core
+            grown = (shape_in_box & ~core_in_box).astype(np.float32)
+            np.maximum(self.content_new[box], grown, out=self.content_new[box])
         self.occupied[placed] |= mask
 
         centroid = _centroid(mask, origin)
@@ -475,7 +512,7 @@ def synthesize_pair(
     max_voxels = max(math.floor(options.max_lesion_volume_mm3 / voxel_volume + 1e-9), min_voxels)
 
     candidates: list[LibraryLesion] = []
-    if options.added_lesions > 0:
+    if options.added_lesions > 0 or options.enlarged_lesions > 0:
         if not isinstance(library, LesionLibrary):
             library = LesionLibrary.from_volumes(library) if len(library) else library
         if not isinstance(library, LesionLibrary) or not library.lesions:
@@ -500,9 +537,10 @@ def synthesize_pair(
     chosen = removal_rng.choice(np.asarray(removable, dtype=np.int64), size=count, replace=False) if count else []
     removed = [painter.remove(int(label), removal_rng) for label in chosen]
 
-    # -- add library lesions to the follow-up ---------------------------------------------------------
+    # -- add library lesions to the follow-up, and enlarging ones to both time points ----------------------
     added: list[dict[str, Any]] = []
-    if options.added_lesions:
+    enlarged: list[dict[str, Any]] = []
+    if options.added_lesions or options.enlarged_lesions:
         deep_white_matter = painter.prepare_placement()
         centres = np.flatnonzero(deep_white_matter)
         gap = voxels_for_mm(options.lesion_gap_mm, flair.spacing)
@@ -511,7 +549,8 @@ def synthesize_pair(
         left_right = int(np.argmax(np.abs(flair.affine[0, :3])))
         contrast_low = options.contrast - options.contrast_spread
         contrast_high = options.contrast + options.contrast_spread
-        for _ in range(options.added_lesions):
+        # the enlarging lesions come after the added ones, so pairs without them draw the same numbers as before
+        for made, growing in [(added, False)] * options.added_lesions + [(enlarged, True)] * options.enlarged_lesions:
             tries = (LIBRARY_LOCATION_TRIES if options.library_locations else 0) + WHITE_MATTER_TRIES
             for attempt in range(tries):
                 lesion = candidates[int(addition_rng.integers(len(candidates)))]
@@ -528,11 +567,20 @@ def synthesize_pair(
                         np.unravel_index(int(centres[addition_rng.integers(centres.size)]), flair.shape)
                     )
                     origin = centre - np.round(np.argwhere(mask).mean(axis=0)).astype(int)
+                core = None
+                if growing:
+                    shell = float(addition_rng.uniform(*options.enlargement_mm))
+                    core = signed_distance_mm(mask, flair.spacing) < -shell
+                    # growth around a core that is not most of the lesion would be a new lesion, not an enlarging one
+                    if core.sum() < ENLARGING_MIN_CORE * mask.sum():
+                        continue
                 if painter.fits(mask, origin, deep_white_matter, gap):
                     contrast = float(addition_rng.uniform(contrast_low, contrast_high))
-                    entry = painter.add(lesion, np.ascontiguousarray(mask), origin, contrast)
+                    entry = painter.add(lesion, np.ascontiguousarray(mask), origin, contrast, core=core)
                     entry.update(placement=placement, flipped_left_right=flipped, attempts=attempt + 1)
-                    added.append(entry)
+                    if growing:
+                        entry.update(shell_mm=round(shell, 4), core_voxels=int(core.sum()))
+                    made.append(entry)
                     break
 
     # -- motion, drift and noise ----------------------------------------------------------------------
@@ -641,6 +689,7 @@ def synthesize_pair(
             "library_candidates": len(candidates),
             "lesions": added,
         },
+        "enlarged": {"requested": options.enlarged_lesions, "made": len(enlarged), "lesions": enlarged},
         "motion": {
             "axis": [round(float(a), 6) for a in axis],
             "angle_deg": round(angle, 6),
