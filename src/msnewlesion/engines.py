@@ -7,10 +7,13 @@ forward pass. Two engines:
 - ``torch``: the network itself, in eval mode, with autocast (bf16 on CPUs with native bf16 instructions)
   and channels-last tensors on the CPU.
 - ``openvino``: the same network converted once to an OpenVINO model and compiled for the CPU with the
-  same precision. On CPUs it runs 3D convolutions two to three times faster than PyTorch (fused
-  layers, better bf16 kernels; docs/performance.md).
+  same precision (the optional extra ``msnewlesion[openvino]``).
 
-``auto`` takes OpenVINO on the CPU when it is installed and PyTorch on a GPU.
+``auto`` takes the engine measured fastest for the device: PyTorch, on the CPU as well as on a GPU. Against
+PyTorch with its batch norms folded into the convolutions, channels-last tensors and bf16 autocast (what
+``torch`` runs), OpenVINO measured 0.8-1.25× on 2 cores of an AVX-512-bf16 CPU, slower than PyTorch for the
+built-in width-8 models, and its first run pays a conversion (docs/performance.md). It stays a choice for
+CPUs where it measures faster.
 
 Converting a network (tracing it) takes seconds; compiling it for one input shape about a second. Both
 are cached: the converted model on disk under :func:`cache_dir` (keyed by the network's weights, its
@@ -77,7 +80,7 @@ def resolve_engine(engine: str, device: torch.device) -> str:
     if engine not in ENGINES:
         raise InputError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
     if engine == "auto":
-        return "openvino" if device.type == "cpu" and openvino_available() else "torch"
+        return "torch"
     if engine == "openvino":
         if device.type != "cpu":
             raise InputError(
@@ -86,8 +89,8 @@ def resolve_engine(engine: str, device: torch.device) -> str:
             )
         if not openvino_available():
             raise InputError(
-                "the OpenVINO engine needs the openvino package, which is not installed: pip install openvino "
-                "(or use engine torch)"
+                "the OpenVINO engine needs the openvino package, which is not installed: "
+                "pip install 'msnewlesion[openvino]' (or use engine torch)"
             )
     return engine
 

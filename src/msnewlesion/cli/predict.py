@@ -53,7 +53,8 @@ PRECISION = typer.Option(
 ENGINE = typer.Option(
     "auto",
     "--engine",
-    help="What runs the networks: auto (OpenVINO on the CPU when installed, else PyTorch), torch or openvino.",
+    help="What runs the networks: auto (the engine measured fastest: PyTorch), torch, or openvino "
+    "(CPU only; pip install 'msnewlesion[openvino]').",
 )
 PAPER_MODE = typer.Option(
     False,
