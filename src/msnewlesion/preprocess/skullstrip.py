@@ -275,19 +275,13 @@ class ScanInSpace:
 def _head_box(image: np.ndarray, margin: int) -> tuple[slice, ...] | None:
     from scipy import ndimage
 
-    from msnewlesion.lesions import largest_component
+    from msnewlesion.lesions import bounding_box, largest_component
 
     positive = image[image > 0]
     if positive.size == 0:
         return None
     head = ndimage.binary_opening(image > 0.1 * float(np.percentile(positive, 99)), iterations=2)
-    head = largest_component(head)
-    if not head.any():
-        return None
-    indices = np.argwhere(head)
-    start = np.maximum(indices.min(axis=0) - margin, 0)
-    stop = np.minimum(indices.max(axis=0) + 1 + margin, image.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+    return bounding_box(largest_component(head), margin)
 
 
 def hdbet_v1_brain_mask(

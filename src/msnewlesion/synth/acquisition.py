@@ -34,9 +34,9 @@ import numpy as np
 from scipy import ndimage
 
 from msnewlesion.errors import InputError
+from msnewlesion.lesions import bounding_box
 from msnewlesion.preprocess.geometry import Grid, resample
 from msnewlesion.synth.nuisance import drift_log_field, rotation_matrix
-from msnewlesion.synth.tissue import bounding_box
 
 __all__ = ["AcquisitionOptions", "simulate_acquisition"]
 

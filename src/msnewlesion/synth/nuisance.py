@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from msnewlesion.synth.tissue import bounding_box, label_lesions
+from msnewlesion.lesions import bounding_box, components
 
 __all__ = [
     "DRIFT_TERMS",
@@ -146,8 +146,7 @@ def move(
     result = np.zeros(data.shape, dtype=np.float32)
     output_to_input = np.linalg.inv(affine) @ np.linalg.inv(world_matrix) @ affine
     if sparse:
-        _, boxes, _ = label_lesions(data != 0)
-        for box in boxes:
+        for box in components(data != 0).boxes:
             _move_box(data, output_to_input, box, order, result)
         return result
     if source_box is None:
