@@ -449,7 +449,7 @@ def fake_model(sha: str) -> SimpleNamespace:
 
 
 def _describe_as_version(output: str, bids: str, version: str, start) -> None:
-    import msnewlesion.bids as core
+    import msnewlesion.bids.description as core
 
     core.__version__ = version
     start.wait()
