@@ -125,9 +125,9 @@ def lesion_load_warnings(
     Examples
     --------
     >>> lesion_load_warnings(1.2e6, 348, 23_700.0, {"baseline": 5_000.0})[0][:40]
-    '348 new lesions (23700 mm³) is implausibl'
+    '348 new lesions (23700 mm³) is implausib'
     """
-    warnings = []
+    warnings: list[str] = []
     if brain_volume_mm3 <= 0:
         return warnings
     if new_count > MAX_NEW_LESIONS or new_volume_mm3 > MAX_NEW_LESION_FRACTION * brain_volume_mm3:

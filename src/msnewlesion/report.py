@@ -82,7 +82,7 @@ def save_qc_figure(
     brain = brain_mask if brain_mask is not None and brain_mask.any() else np.ones(followup.shape, bool)
     lo, hi = np.percentile(followup[brain], (1, 99.5))
     # Show only the brain's bounding box (plus a little), with everything outside the brain black.
-    box = bounding_box(brain.any(axis=2), margin=4) or ()
+    box = bounding_box(np.asarray(brain.any(axis=2)), margin=4) or ()
     aspect = spacing[1] / spacing[0]
     figure, axes = plt.subplots(rows, 2, figsize=(8.0, 4.1 * rows), squeeze=False, facecolor="black")
     for row, z in enumerate(slices):

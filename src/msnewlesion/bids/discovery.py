@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -332,7 +333,7 @@ def _voxel_volume(path: Path) -> float:
 
     try:
         with quiet_nibabel():
-            zooms = nib.load(str(path)).header.get_zooms()[:3]
+            zooms = cast(nib.Nifti1Image, nib.load(str(path))).header.get_zooms()[:3]
         return float(np.prod(zooms))
     except Exception:  # an unreadable candidate is chosen last; reading it later says why
         return float("inf")
@@ -441,7 +442,7 @@ def plan_participant(
     )
     scans = []
     for session, candidates in found.items():
-        name, entities = _choose_flair(
+        name, flair_entities = _choose_flair(
             session, candidates, acquisitions, folder / f"ses-{session}" / "anat", plan.notes
         )
         scans.append(
@@ -450,7 +451,7 @@ def plan_participant(
                 session=session,
                 path=folder / f"ses-{session}" / "anat" / name,
                 relative_path=f"sub-{participant}/ses-{session}/anat/{name}",
-                entities=entities,
+                entities=flair_entities,
                 acq_time=times.acq_time(session, name, plan.notes),
             )
         )

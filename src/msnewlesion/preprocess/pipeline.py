@@ -530,7 +530,8 @@ def _resample(
     report(progress, "resampling", 0, 2)
     crop = bounding_box(brain_full, options.crop_margin)
     assert crop is not None  # the caller checked that the brain mask is not empty
-    grid = full_grid.crop(tuple(s.start for s in crop), tuple(s.stop for s in crop))  # type: ignore[arg-type]
+    start, stop = (crop[0].start, crop[1].start, crop[2].start), (crop[0].stop, crop[1].stop, crop[2].stop)
+    grid = full_grid.crop(start, stop)
     if baseline_full is not None:
         baseline_common = baseline_full[crop]
     else:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 from msnewlesion.io import Volume
@@ -34,11 +35,11 @@ from msnewlesion.synth.tissue import TissueModel
 __all__ = ["Painter", "world_point"]
 
 
-def world_point(affine: np.ndarray, voxel: Sequence[float]) -> list[float]:
+def world_point(affine: np.ndarray, voxel: npt.ArrayLike) -> list[float]:
     return [round(float(v), 3) for v in affine[:3, :3] @ np.asarray(voxel, dtype=np.float64) + affine[:3, 3]]
 
 
-def _centroid(mask: np.ndarray, origin: Sequence[int]) -> np.ndarray:
+def _centroid(mask: np.ndarray, origin: npt.ArrayLike) -> np.ndarray:
     return np.argwhere(mask).mean(axis=0) + np.asarray(origin, dtype=np.float64)
 
 

@@ -190,7 +190,9 @@ def synthesize_pair(
     # -- remove annotated lesions from the baseline ---------------------------------------------------
     removable = [label for label, size in enumerate(tissue.lesion_sizes, start=1) if min_voxels <= size <= max_voxels]
     count = min(options.removed_lesions, len(removable))
-    chosen = removal_rng.choice(np.asarray(removable, dtype=np.int64), size=count, replace=False) if count else []
+    chosen: list[int] = (
+        removal_rng.choice(np.asarray(removable, dtype=np.int64), size=count, replace=False).tolist() if count else []
+    )
     removed = [painter.remove(int(label), removal_rng) for label in chosen]
 
     # -- add library lesions to the follow-up, and enlarging ones to both time points ----------------------

@@ -243,7 +243,7 @@ def fit_tissue_model(flair: Volume, lesions: Volume, brain_mask: Volume | None =
         raise InputError(
             f"no normal-appearing white matter was found in {flair.name}: is it a FLAIR, and skull-stripped?"
         )
-    lesions = components(lesion_mask)
+    annotated = components(lesion_mask)
     return TissueModel(
         brain=brain,
         white_matter=white_matter,
@@ -253,7 +253,7 @@ def fit_tissue_model(flair: Volume, lesions: Volume, brain_mask: Volume | None =
         class_stds=tuple(float(v) for v in stds),  # type: ignore[arg-type]
         class_weights=tuple(float(v) for v in weights),  # type: ignore[arg-type]
         white_matter_mean=float(image[normal_white_matter].mean()),
-        lesion_labels=lesions.labels,
-        lesion_boxes=lesions.boxes,
-        lesion_sizes=lesions.sizes,
+        lesion_labels=annotated.labels,
+        lesion_boxes=annotated.boxes,
+        lesion_sizes=annotated.sizes,
     )

@@ -175,7 +175,7 @@ def _model_config(config: TrainConfig, spacing: tuple[float, ...], manifest: Man
         width=config.width,
         norm=config.norm,
         dropout=config.dropout,
-        spacing=tuple(spacing),
+        spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
         patch_size=(config.patch_size,) * 3,
         intensity_normalization=config.intensity_normalization,
         description=config.description or f"CoactSeg trained with msnewlesion {__version__}",
@@ -378,7 +378,7 @@ def _optimisation(config: TrainConfig, model_config: ModelConfig, session: _Sess
     # oneDNN trains 3D convolutions about twice as fast on channels-last tensors
     channels_last = device.type == "cpu"
     if channels_last:
-        network = network.to(memory_format=torch.channels_last_3d)
+        network = network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # torch's stubs omit Module.to(memory_format=)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
     autocast_dtype = _autocast_dtype(config.precision, device)
