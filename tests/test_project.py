@@ -26,6 +26,13 @@ def test_ruff_is_clean() -> None:
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
+@pytest.mark.skipif(shutil.which("mypy") is None, reason="mypy is installed with the test extras")
+def test_mypy_finds_no_type_errors() -> None:
+    # The package ships py.typed: its annotations are a promise to its users' type checkers.
+    completed = subprocess.run(["mypy"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
 def test_changelog_follows_keep_a_changelog() -> None:
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert "## [Unreleased]" in changelog
