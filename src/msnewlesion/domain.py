@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from msnewlesion.model.config import ModelConfig
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "InputDomain",
     "acquisition_warnings",
     "lesion_load_warnings",
+    "pair_warnings",
     "registration_warnings",
 ]
 
@@ -100,6 +103,30 @@ def acquisition_warnings(spacings: dict[str, tuple[float, ...]], domain: InputDo
                 f"{domain.in_plane_spacing_mm[1]:g} mm at most: small lesions may be missed or misplaced."
             )
     return warnings
+
+
+def pair_warnings(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray) -> list[str]:
+    """A warning when the registered pair looks wrong: no brain, a constant scan, or two scans that disagree.
+
+    Examples
+    --------
+    >>> brain = np.ones((10, 10, 10), bool)
+    >>> pair_warnings(np.zeros((10, 10, 10)), np.ones((10, 10, 10)), brain)
+    ['one of the scans is constant inside the brain']
+    """
+    if brain.sum() < 100:
+        return ["the brain mask holds almost nothing: check the inputs and the skull stripping"]
+    a = baseline[brain].astype(np.float64)
+    b = followup[brain].astype(np.float64)
+    if a.std() == 0 or b.std() == 0:
+        return ["one of the scans is constant inside the brain"]
+    correlation = float(np.corrcoef(a, b)[0, 1])
+    if correlation < 0.5:
+        return [
+            f"the two scans agree poorly inside the brain after registration (correlation {correlation:.2f}): "
+            "check that they are the same subject and both FLAIR"
+        ]
+    return []
 
 
 def registration_warnings(record: dict[str, Any]) -> list[str]:

@@ -22,7 +22,13 @@ import torch
 from scipy import ndimage
 
 from msnewlesion.device import resolve_device
-from msnewlesion.domain import InputDomain, acquisition_warnings, lesion_load_warnings, registration_warnings
+from msnewlesion.domain import (
+    InputDomain,
+    acquisition_warnings,
+    lesion_load_warnings,
+    pair_warnings,
+    registration_warnings,
+)
 from msnewlesion.engines import resolve_engine
 from msnewlesion.errors import InputError
 from msnewlesion.inference import HeadProbabilities, SlidingWindowOptions, resolve_precision, sliding_window_predict
@@ -328,7 +334,7 @@ def _load_pair(
 def _input_warnings(
     pair: PreprocessedPair, baseline: Volume, followup: Volume, config: ModelConfig, model_name: str
 ) -> list[str]:
-    warnings = _pair_warnings(pair)
+    warnings = pair_warnings(pair.baseline.data, pair.followup.data, pair.brain_mask.data.astype(bool))
     warnings += acquisition_warnings(
         {"baseline FLAIR": baseline.spacing, "follow-up FLAIR": followup.spacing},
         InputDomain.of(config),
@@ -475,23 +481,6 @@ def _require_brightening(
     kept = np.where(np.isin(labels, rejected), np.float32(0), new).astype(np.float32)
     record = {"threshold": options.min_brightening, "candidates": int(count), "rejected": int(rejected.size)}
     return kept, record
-
-
-def _pair_warnings(pair: PreprocessedPair) -> list[str]:
-    brain = pair.brain_mask.data.astype(bool)
-    if brain.sum() < 100:
-        return ["the brain mask holds almost nothing: check the inputs and the skull stripping"]
-    a = pair.baseline.data[brain].astype(np.float64)
-    b = pair.followup.data[brain].astype(np.float64)
-    if a.std() == 0 or b.std() == 0:
-        return ["one of the scans is constant inside the brain"]
-    correlation = float(np.corrcoef(a, b)[0, 1])
-    if correlation < 0.5:
-        return [
-            f"the two scans agree poorly inside the brain after registration (correlation {correlation:.2f}): "
-            "check that they are the same subject and both FLAIR"
-        ]
-    return []
 
 
 def prediction_outputs(directory: str | os.PathLike[str], *, save_probabilities: bool = False) -> dict[str, Path]:
