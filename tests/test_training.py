@@ -430,3 +430,24 @@ def test_init_from_starts_from_another_models_weights(tmp_path: Path, dataset: P
     wider = TrainConfig(iterations=1, batch_size=4, patch_size=32, width=8, init_from=str(first.last))
     with pytest.raises(InputError, match=r"width 4 \(this run: 8\)"):
         train(dataset, tmp_path / "third", wider, device="cpu")
+
+
+def test_pairs_played_backwards_have_no_new_lesion_and_swapped_lesion_masks(dataset_with_lesions: Path) -> None:
+    from msnewlesion.training.data import swap_time_points
+
+    rng = np.random.default_rng(0)
+    base, follow = rng.normal(size=(2, 8, 8, 8)).astype(np.float32)
+    new, before, after = (rng.random((3, 8, 8, 8)) > 0.7).astype(np.uint8)
+    b, f, (n, lb, lf) = swap_time_points(base, follow, [new, before, after])
+    assert b is follow and f is base and not n.any() and lb is after and lf is before
+
+    samples = load_samples(read_manifest(dataset_with_lesions).split("train"), 32)
+    longitudinal = [s for s in samples if s.longitudinal]
+    single = [s for s in samples if not s.longitudinal]
+    config = TrainConfig(batch_size=8, patch_size=32, swap_fraction=1.0)
+    for iteration in range(1, 4):
+        batch = draw_batch(longitudinal, single, config, iteration=iteration)
+        for index in range(4):  # the pairs, all played backwards: nothing new, the later lesions are the fewer
+            assert not batch.target[index].any()
+            assert torch.all(batch.lesions[0, index] >= batch.lesions[1, index])
+        assert torch.equal(batch.lesions[0, 4:], batch.target[4:])  # single scans are left alone

@@ -47,7 +47,7 @@ scan="$DATA/cross_sectional/patient07"
 common=(--acquisition --max-rotation 2 --max-translation 1.5 --noise 0 --quiet)
 
 if stage 1; then
-    stamp "1/4 synthetic pairs: $PAIRS with new lesions, $NULL_PAIRS null, $VAL_PAIRS + 2 for validation"
+    stamp "1/5 synthetic pairs: $PAIRS with new lesions, $NULL_PAIRS null, $VAL_PAIRS + 2 for validation"
     pids=()
     chunk=$(( (PAIRS + JOBS - 1) / JOBS ))
     for (( first = 0; first < PAIRS; first += chunk )); do
@@ -85,7 +85,7 @@ if stage 1; then
 fi
 
 if stage 2; then
-    stamp "2/4 preprocessing: 1 mm RAS, z-score in the brain, the three labels carried"
+    stamp "2/5 preprocessing: 1 mm RAS, z-score in the brain, the three labels carried"
     preprocess_one() {
         pair="$1"; out="$2"
         [ -f "$out/preprocess.json" ] && return 0
@@ -106,7 +106,7 @@ fi
 
 manifest="$WORK/manifest.csv"
 if stage 3; then
-    stamp "3/4 training manifest"
+    stamp "3/5 training manifest"
     {
         echo "subject,kind,baseline,followup,label,brain_mask,split,baseline_lesions,followup_lesions"
         for prep in "$WORK"/prep/train-* "$WORK"/prep/null-* "$WORK"/prep/grow-* "$WORK"/prep/val*; do

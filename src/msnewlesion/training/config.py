@@ -110,6 +110,10 @@ class TrainConfig:
     random_crop_fraction : float
         Share of the crops of samples with lesions that are centred anywhere in the brain instead of on a
         lesion (0: the paper's lesion-weighted crops only).
+    swap_fraction : float
+        Share of the pairs with known all-lesion masks that are played backwards (follow-up first): their
+        new lesions become disappearing ones, so their new-lesion label is empty and the all-lesion masks
+        trade places (0: off).
     init_from : str
         A model (folder, registry name or Hub repository) whose weights initialise the network (fine-tuning;
         the architecture and width must match); empty: random initialisation.
@@ -157,6 +161,7 @@ class TrainConfig:
     intensity_jitter: float = 0.0
     time_point_jitter: float = 0.0
     random_crop_fraction: float = 0.0
+    swap_fraction: float = 0.0
     init_from: str = ""
     val_every: int = 1_000
     save_every: int = 1_000
@@ -205,6 +210,8 @@ class TrainConfig:
             problems.append("crop_shift, rotation_degrees, intensity_jitter and time_point_jitter must not be negative")
         if not 0.0 <= self.random_crop_fraction <= 1.0:
             problems.append(f"random_crop_fraction must be in [0, 1], got {self.random_crop_fraction}")
+        if not 0.0 <= self.swap_fraction <= 1.0:
+            problems.append(f"swap_fraction must be in [0, 1], got {self.swap_fraction}")
         problems.extend(_input_domain_problems(self.input_domain))
         if problems:
             raise InputError("invalid training config: " + "; ".join(problems))

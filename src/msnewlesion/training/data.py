@@ -24,7 +24,16 @@ from msnewlesion.progress import ProgressCallback, report
 from msnewlesion.training.config import TrainConfig
 from msnewlesion.training.manifest import ManifestRow
 
-__all__ = ["Batch", "TrainingSample", "augment", "batches", "draw_batch", "load_samples", "sample_patch"]
+__all__ = [
+    "Batch",
+    "TrainingSample",
+    "augment",
+    "batches",
+    "draw_batch",
+    "load_samples",
+    "sample_patch",
+    "swap_time_points",
+]
 
 
 @dataclass
@@ -163,6 +172,20 @@ def sample_patch(
     return sample.baseline[window], sample.followup[window], labels
 
 
+def swap_time_points(
+    baseline: np.ndarray, followup: np.ndarray, labels: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """A pair played backwards: its new lesions become disappearing (or shrinking) ones, so it has none.
+
+    ``labels`` are (new lesions, baseline's lesions, follow-up's lesions); the result's new-lesion label is
+    empty and the two all-lesion masks trade places. Synthetic pairs only ever gain lesions; played
+    backwards they teach that a lesion fading or shrinking is not a new one, and they keep the two
+    all-lesion heads from learning that the follow-up holds more lesions than the baseline.
+    """
+    new, lesions_baseline, lesions_followup = labels
+    return followup, baseline, [np.zeros_like(new), lesions_followup, lesions_baseline]
+
+
 def augment(
     baseline: np.ndarray,
     followup: np.ndarray,
@@ -248,6 +271,9 @@ def draw_batch(
     bases, follows, labels, lesions, known = [], [], [], [], []
     for sample in chosen:
         b, f, patches = sample_patch(sample, config.patch_size, rng, config.crop_shift, config.random_crop_fraction)
+        swappable = sample.longitudinal and len(patches) == 3
+        if config.swap_fraction > 0 and swappable and rng.random() < config.swap_fraction:
+            b, f, patches = swap_time_points(b, f, patches)
         b, f, patches = augment(b, f, patches, rng, config)
         bases.append(b)
         follows.append(f)
