@@ -200,41 +200,8 @@ def synthesize_pair(
 
     # -- motion, drift and noise ----------------------------------------------------------------------
     moved = _move(painter, flair, tissue.brain, options, motion_rng)
-    baseline, followup = moved.baseline, moved.followup
-    either = moved.in_brain_baseline | moved.in_brain_followup
-    box = bounding_box(either)
-    assert box is not None
-    amplitude = float(drift_rng.uniform(0.0, 1.0)) * options.max_drift
-    log_field, coefficients = drift_log_field(drift_rng, either, box, amplitude)
-    if amplitude > 0:
-        if options.symmetric:
-            followup[box] *= np.exp(log_field / 2)
-            baseline[box] *= np.exp(-log_field / 2)
-        else:
-            followup[box] *= np.exp(log_field)
-
-    noise_sigma = options.noise_std * tissue.white_matter_mean
-    shape_in_box = tuple(s.stop - s.start for s in box)
-    followup_noise = noise_rng.standard_normal(shape_in_box, dtype=np.float32)
-    baseline_noise = noise_rng.standard_normal(shape_in_box, dtype=np.float32)
-    if noise_sigma > 0:
-        followup[box] += np.where(moved.in_brain_followup[box], followup_noise * np.float32(noise_sigma), 0)
-        if options.symmetric:
-            baseline[box] += np.where(moved.in_brain_baseline[box], baseline_noise * np.float32(noise_sigma), 0)
-
-    acquisitions: dict[str, Any] | None = None
-    if options.acquisition is not None:
-        baseline_rng, followup_rng = acquisition_rng.spawn(2)
-        inside = moved.in_brain_baseline & moved.in_brain_followup
-        baseline, baseline_acquisition = simulate_acquisition(
-            baseline, flair.affine, inside, baseline_rng, options.acquisition,
-            fluid=tissue.fluid, white_matter_mean=tissue.white_matter_mean,
-        )  # fmt: skip
-        followup, followup_acquisition = simulate_acquisition(
-            followup, flair.affine, inside, followup_rng, options.acquisition,
-            fluid=tissue.fluid, white_matter_mean=tissue.white_matter_mean,
-        )  # fmt: skip
-        acquisitions = {"baseline": baseline_acquisition, "followup": followup_acquisition}
+    drift_and_noise = _drift_and_noise(moved, tissue, options, drift_rng, noise_rng)
+    baseline, followup, acquisitions = _acquire(moved, flair, tissue, options, acquisition_rng)
 
     new_lesions = moved.new_lesions
     record: dict[str, Any] = {
@@ -263,20 +230,7 @@ def synthesize_pair(
         },
         "enlarged": {"requested": options.enlarged_lesions, "made": len(enlarged), "lesions": enlarged},
         "motion": moved.record(options.interpolation_order),
-        "drift": {
-            "amplitude": round(amplitude, 6),
-            "terms": list(DRIFT_TERMS),
-            "coefficients": [round(c, 8) for c in coefficients],
-            "box": [[s.start, s.stop] for s in box],
-            "convention": "log field over the box with coordinates from -1 to 1 along each axis; the follow-up is "
-            "multiplied by exp(field/2) and the baseline by exp(-field/2) when symmetric, the follow-up by "
-            "exp(field) otherwise",
-        },
-        "noise": {
-            "std": round(noise_sigma, 6),
-            "relative_std": options.noise_std,
-            "time_points": "both" if options.symmetric else "follow-up",
-        },
+        **drift_and_noise,
         "acquisition": acquisitions,
         "new_lesions": {
             "count": len(components(new_lesions).sizes),
@@ -456,6 +410,70 @@ def _move(
         baseline, followup, lesions_baseline, lesions_followup, new_lesions, in_brain_baseline, in_brain_followup,
         axis, angle, translation, centre_mm, relative, baseline_matrix, followup_matrix, moving,
     )  # fmt: skip
+
+
+def _drift_and_noise(
+    moved: _Moved, tissue: TissueModel, options: SynthOptions, drift_rng: np.random.Generator,
+    noise_rng: np.random.Generator,
+) -> dict[str, Any]:  # fmt: skip
+    """Apply a smooth multiplicative drift, then noise, to the moved pair in place; their record entries."""
+    baseline, followup = moved.baseline, moved.followup
+    either = moved.in_brain_baseline | moved.in_brain_followup
+    box = bounding_box(either)
+    assert box is not None
+    amplitude = float(drift_rng.uniform(0.0, 1.0)) * options.max_drift
+    log_field, coefficients = drift_log_field(drift_rng, either, box, amplitude)
+    if amplitude > 0:
+        if options.symmetric:
+            followup[box] *= np.exp(log_field / 2)
+            baseline[box] *= np.exp(-log_field / 2)
+        else:
+            followup[box] *= np.exp(log_field)
+
+    noise_sigma = options.noise_std * tissue.white_matter_mean
+    shape_in_box = tuple(s.stop - s.start for s in box)
+    # Both draws happen whatever the options, so that the streams stay those of earlier pairs.
+    followup_noise = noise_rng.standard_normal(shape_in_box, dtype=np.float32)
+    baseline_noise = noise_rng.standard_normal(shape_in_box, dtype=np.float32)
+    if noise_sigma > 0:
+        followup[box] += np.where(moved.in_brain_followup[box], followup_noise * np.float32(noise_sigma), 0)
+        if options.symmetric:
+            baseline[box] += np.where(moved.in_brain_baseline[box], baseline_noise * np.float32(noise_sigma), 0)
+    return {
+        "drift": {
+            "amplitude": round(amplitude, 6),
+            "terms": list(DRIFT_TERMS),
+            "coefficients": [round(c, 8) for c in coefficients],
+            "box": [[s.start, s.stop] for s in box],
+            "convention": "log field over the box with coordinates from -1 to 1 along each axis; the follow-up is "
+            "multiplied by exp(field/2) and the baseline by exp(-field/2) when symmetric, the follow-up by "
+            "exp(field) otherwise",
+        },
+        "noise": {
+            "std": round(noise_sigma, 6),
+            "relative_std": options.noise_std,
+            "time_points": "both" if options.symmetric else "follow-up",
+        },
+    }
+
+
+def _acquire(
+    moved: _Moved, flair: Volume, tissue: TissueModel, options: SynthOptions, acquisition_rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
+    """Each time point through its own simulated acquisition (when ``options.acquisition``), and the record."""
+    if options.acquisition is None:
+        return moved.baseline, moved.followup, None
+    baseline_rng, followup_rng = acquisition_rng.spawn(2)
+    inside = moved.in_brain_baseline & moved.in_brain_followup
+    baseline, baseline_acquisition = simulate_acquisition(
+        moved.baseline, flair.affine, inside, baseline_rng, options.acquisition,
+        fluid=tissue.fluid, white_matter_mean=tissue.white_matter_mean,
+    )  # fmt: skip
+    followup, followup_acquisition = simulate_acquisition(
+        moved.followup, flair.affine, inside, followup_rng, options.acquisition,
+        fluid=tissue.fluid, white_matter_mean=tissue.white_matter_mean,
+    )  # fmt: skip
+    return baseline, followup, {"baseline": baseline_acquisition, "followup": followup_acquisition}
 
 
 def _inputs_record(
