@@ -90,6 +90,7 @@ def pair_of(tree: BidsTree, participant: str, baseline: str, followup: str, pair
 # discovery
 
 
+@pytest.mark.slow
 def test_sessions_are_ordered_by_acquisition_time_then_paired(tree: BidsTree) -> None:
     plans = {plan.participant: plan for plan in plan_dataset(tree.root)}
     assert list(plans) == ["01", "02", "03", "04"]  # derivatives/ and participants.tsv are not participants
@@ -214,6 +215,7 @@ def test_every_predict_option_exists_on_bids() -> None:
 # the participant level
 
 
+@pytest.mark.slow
 def test_outputs_are_where_the_docs_say(first_run) -> None:
     output = first_run[0]
     subject = output / "sub-01"
@@ -252,6 +254,7 @@ def test_outputs_are_where_the_docs_say(first_run) -> None:
     assert "*_summary.json" in (output / ".bidsignore").read_text()
 
 
+@pytest.mark.slow
 def test_masks_lie_on_each_sessions_grid_and_find_the_new_lesions(first_run, tree: BidsTree) -> None:
     output, _, _ = first_run
     for participant, baseline, followup in sorted(DONE):
@@ -284,6 +287,7 @@ def test_masks_lie_on_each_sessions_grid_and_find_the_new_lesions(first_run, tre
             assert len(table) == tree.new_lesions[key]
 
 
+@pytest.mark.slow
 def test_a_failure_is_isolated_logged_and_sets_the_exit_code(first_run, tree: BidsTree) -> None:
     output, result, report = first_run
     assert result.exit_code == 1
@@ -306,6 +310,7 @@ def test_a_failure_is_isolated_logged_and_sets_the_exit_code(first_run, tree: Bi
     assert "ses-month06 has no FLAIR" in (output / "logs" / "sub-02.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_work(first_run, tree: BidsTree, model: Path) -> None:
     output, _, _ = first_run
     summaries = sorted(output.rglob("*_summary.json"))
@@ -330,6 +335,7 @@ def test_a_rerun_skips_finished_work(first_run, tree: BidsTree, model: Path) -> 
     assert "complete already, skipped" in (output / "logs" / "sub-01.log").read_text()
 
 
+@pytest.mark.slow
 def test_unknown_participant_fails_alone(first_run, tree: BidsTree, model: Path) -> None:
     output, _, _ = first_run
     result = run_bids(
@@ -341,6 +347,7 @@ def test_unknown_participant_fails_alone(first_run, tree: BidsTree, model: Path)
     assert "0 done, 2 complete already, 0 failed" in result.stderr
 
 
+@pytest.mark.slow
 def test_partial_outputs_never_look_complete(
     first_run, tree: BidsTree, model: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -382,6 +389,7 @@ def test_partial_outputs_never_look_complete(
 # the group level
 
 
+@pytest.mark.slow
 def test_group_outputs_list_every_pair(first_run, tree: BidsTree) -> None:
     output, _, _ = first_run
     result = run_bids(str(tree.root), str(output), "group", "--json")
@@ -408,6 +416,7 @@ def test_group_outputs_list_every_pair(first_run, tree: BidsTree) -> None:
     assert "could not read the voxels" in page
 
 
+@pytest.mark.slow
 def test_group_includes_pairs_of_another_pairing(first_run, tree: BidsTree, model: Path, tmp_path: Path) -> None:
     output = copy_of(first_run[0], tmp_path)
     result = run_bids(
@@ -449,7 +458,7 @@ def fake_model(sha: str) -> SimpleNamespace:
 
 
 def _describe_as_version(output: str, bids: str, version: str, start) -> None:
-    import msnewlesion.bids as core
+    import msnewlesion.bids.description as core
 
     core.__version__ = version
     start.wait()
@@ -484,6 +493,7 @@ def test_concurrent_jobs_share_dataset_description_safely(tmp_path: Path) -> Non
         write_dataset_description(tmp_path / "other", bids, fake_model("a" * 64))
 
 
+@pytest.mark.slow
 def test_outputs_never_go_into_the_raw_dataset(tree: BidsTree) -> None:
     with pytest.raises(InputError, match="the output folder is the BIDS folder"):
         run_participant_level(tree.root, tree.root, fake_model("a" * 64))
@@ -509,6 +519,7 @@ def test_example_scripts_parse() -> None:
         assert os.access(EXAMPLES / script, os.X_OK), script
 
 
+@pytest.mark.slow
 def test_local_example_runs_every_participant_then_the_group(
     first_run, tree: BidsTree, model: Path, tmp_path: Path
 ) -> None:

@@ -40,6 +40,7 @@ def test_the_package_knows_the_official_layout() -> None:
     assert len(official_layout()) == 230
 
 
+@pytest.mark.slow
 def test_converted_network_matches_the_reference_layout(tmp_path: Path, runner: CliRunner) -> None:
     state = random_official_state_dict()
     torch.save(state, tmp_path / "vnet_best_model.pth")

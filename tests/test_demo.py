@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from msnewlesion.cli import app
@@ -19,6 +20,7 @@ from msnewlesion.model.checkpoint import file_sha256, load_model
 F1_FLOOR = 0.8
 
 
+@pytest.mark.slow
 def test_the_demo_finds_the_examples_new_lesions(tmp_path: Path, runner: CliRunner, monkeypatch) -> None:
     # the README's main command works offline: no host may be looked up while it runs
     real_getaddrinfo = socket.getaddrinfo

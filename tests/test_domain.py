@@ -84,6 +84,7 @@ def test_predict_warns_about_thick_slices_in_the_summary_and_on_stderr(model: Pa
     assert result.stderr.count("warning:") >= 2 and "6 mm slices" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_brightening_rule_keeps_brightened_lesions_and_drops_the_rest(model: Path, thick_pair, tmp_path) -> None:
     counts = {}
     for name, value in (("off", None), ("kept", "0.5"), ("strict", "100")):

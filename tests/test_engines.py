@@ -76,6 +76,7 @@ def test_predict_refuses_a_missing_engine_before_any_work(monkeypatch, tmp_path)
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_openvino_agrees_with_pytorch_on_a_trained_network(trained, cache) -> None:
     network, baseline, followup, brain = trained
     maps = {}
@@ -94,6 +95,7 @@ def test_openvino_agrees_with_pytorch_on_a_trained_network(trained, cache) -> No
     assert (maps["torch", "fp32"].followup > 0.5).any()  # the heads found lesions here: the check is not vacuous
 
 
+@pytest.mark.slow
 def test_the_converted_network_is_cached_on_disk_and_reused(trained, cache, monkeypatch) -> None:
     network, baseline, followup, brain = trained
     options = SlidingWindowOptions(patch_size=(32, 32, 32), engine="openvino", precision="fp32")
@@ -110,6 +112,7 @@ def test_the_converted_network_is_cached_on_disk_and_reused(trained, cache, monk
     np.testing.assert_array_equal(first.new, again.new)
 
 
+@pytest.mark.slow
 def test_conversion_sends_no_telemetry(trained, cache, monkeypatch) -> None:
     import openvino_telemetry
 
@@ -122,6 +125,7 @@ def test_conversion_sends_no_telemetry(trained, cache, monkeypatch) -> None:
     sliding_window_predict(network, baseline[:32, :32, :32], followup[:32, :32, :32], options=options)
 
 
+@pytest.mark.slow
 def test_the_skull_stripping_network_runs_through_openvino_too(cache) -> None:
     from msnewlesion.preprocess.hdbet_v1 import HdBetV1Settings, hdbet_v1_brain_probability
 

@@ -539,6 +539,7 @@ def test_cli_add_list_download_and_push(
     assert json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout) == []
 
 
+@pytest.mark.slow
 def test_cli_honours_hf_environment_variables_in_a_fresh_process(home: Path, tmp_path: Path) -> None:
     folder = make_model(tmp_path / "model", seed=18)
     environment = {

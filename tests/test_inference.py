@@ -82,6 +82,7 @@ def test_gaussian_and_constant_differ_where_windows_overlap(network: CoactSeg) -
     assert np.abs(gaussian.new - constant.new).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_skipping_windows_outside_the_brain_changes_nothing_inside(network: CoactSeg) -> None:
     baseline, followup = images((80, 64, 64))
     brain = np.zeros(baseline.shape, bool)

@@ -190,6 +190,7 @@ def test_pairs_already_on_one_grid_skip_preprocessing(tmp_path: Path, model: Pat
     assert output.shape == shape and np.array_equal(output.affine, nib.load(str(followup)).affine)
 
 
+@pytest.mark.slow
 def test_paper_mode_runs_the_published_procedure(tmp_path: Path, model: Path, raw_pair, runner: CliRunner) -> None:
     baseline, followup, _ = raw_pair
     result = runner.invoke(

@@ -122,6 +122,7 @@ def test_the_standin_checkpoint_runs_through_hdbet_and_returns_the_expected_mask
     assert "torchvision" not in sys.modules and "timm" not in sys.modules
 
 
+@pytest.mark.slow
 def test_cli_with_hdbet_in_a_fresh_process_reads_the_weights_from_home(home, pair_files, tmp_path) -> None:
     out = tmp_path / "out"
     command = [sys.executable, "-m", "msnewlesion", "preprocess", *map(str, pair_files), "-o", str(out)]
@@ -153,6 +154,7 @@ def test_cli_with_hdbet_in_a_fresh_process_reads_the_weights_from_home(home, pai
     assert not baseline[~brain].any()
 
 
+@pytest.mark.slow
 def test_auto_runs_hdbet2_when_its_weights_are_in_place(home, pair_files, tmp_path) -> None:
     out = tmp_path / "out"
     command = [sys.executable, "-m", "msnewlesion", "preprocess", *map(str, pair_files), "-o", str(out)]

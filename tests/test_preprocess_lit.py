@@ -20,6 +20,10 @@ STUDY1 = LIT_PAIR / "study1_FLAIR.nii.gz"
 STUDY2 = LIT_PAIR / "study2_FLAIR.nii.gz"
 
 
+# Every test shares the real LIT pair preprocessed at 1 mm (half a minute): the whole module is slow.
+pytestmark = pytest.mark.slow
+
+
 def _dataset_map(study: int) -> np.ndarray:
     """The data set's map from its common space to study N's world (RAS), read from its ITK file."""
     return lps_to_ras(read_itk_affine(LIT_PAIR / f"study{study}_FLAIR_to_common_space.txt"))

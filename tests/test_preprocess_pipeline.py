@@ -241,6 +241,7 @@ def test_saving_refuses_existing_files_and_inputs(halfway, tmp_path) -> None:
         save_preprocessed(reread, out, overwrite=True)
 
 
+@pytest.mark.slow
 def test_bias_correction_removes_most_of_a_smooth_field() -> None:
     clean = phantom_volume((30, 36, 28), (5.0, 5.0, 5.0), "RAS")
     field = sample(lambda p: 1.0 + 0.4 * p[:, 0] / 70.0 - 0.25 * p[:, 2] / 60.0, clean.shape, clean.affine)

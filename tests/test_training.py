@@ -180,6 +180,7 @@ def test_augmentation_includes_the_identity_and_keeps_time_points_aligned() -> N
 # --- training runs --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_short_cpu_training_lowers_the_loss_and_writes_usable_models(tmp_path: Path, dataset: Path) -> None:
     config = TrainConfig(
         iterations=40, batch_size=4, patch_size=32, width=4, val_every=20, save_every=20, relation_start=1000
@@ -225,6 +226,7 @@ def _train_command(manifest: Path, run: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path, dataset: Path) -> None:
     env = subprocess_env()
     reference = subprocess.run(
@@ -270,6 +272,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_with_ddp_keep_identical_weights(tmp_path: Path, dataset: Path) -> None:
     command = [
         sys.executable,

@@ -6,8 +6,6 @@ import torch
 
 from msnewlesion.errors import MsNewLesionError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-
 
 def resolve_device(name: str = "auto") -> torch.device:
     """Turn ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` into a usable :class:`torch.device`.

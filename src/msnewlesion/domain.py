@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from msnewlesion.model.config import ModelConfig
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "InputDomain",
     "acquisition_warnings",
     "lesion_load_warnings",
+    "pair_warnings",
     "registration_warnings",
 ]
 
@@ -102,6 +105,30 @@ def acquisition_warnings(spacings: dict[str, tuple[float, ...]], domain: InputDo
     return warnings
 
 
+def pair_warnings(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray) -> list[str]:
+    """A warning when the registered pair looks wrong: no brain, a constant scan, or two scans that disagree.
+
+    Examples
+    --------
+    >>> brain = np.ones((10, 10, 10), bool)
+    >>> pair_warnings(np.zeros((10, 10, 10)), np.ones((10, 10, 10)), brain)
+    ['one of the scans is constant inside the brain']
+    """
+    if brain.sum() < 100:
+        return ["the brain mask holds almost nothing: check the inputs and the skull stripping"]
+    a = baseline[brain].astype(np.float64)
+    b = followup[brain].astype(np.float64)
+    if a.std() == 0 or b.std() == 0:
+        return ["one of the scans is constant inside the brain"]
+    correlation = float(np.corrcoef(a, b)[0, 1])
+    if correlation < 0.5:
+        return [
+            f"the two scans agree poorly inside the brain after registration (correlation {correlation:.2f}): "
+            "check that they are the same subject and both FLAIR"
+        ]
+    return []
+
+
 def registration_warnings(record: dict[str, Any]) -> list[str]:
     """A warning when the registered heads correlate less than two scans of one head usually do."""
     correlation = record.get("head_correlation")
@@ -125,9 +152,9 @@ def lesion_load_warnings(
     Examples
     --------
     >>> lesion_load_warnings(1.2e6, 348, 23_700.0, {"baseline": 5_000.0})[0][:40]
-    '348 new lesions (23700 mm³) is implausibl'
+    '348 new lesions (23700 mm³) is implausib'
     """
-    warnings = []
+    warnings: list[str] = []
     if brain_volume_mm3 <= 0:
         return warnings
     if new_count > MAX_NEW_LESIONS or new_volume_mm3 > MAX_NEW_LESION_FRACTION * brain_volume_mm3:

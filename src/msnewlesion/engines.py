@@ -123,7 +123,7 @@ def torch_runner(network: nn.Module, device: torch.device, autocast_dtype: torch
     """The network itself (an eval-mode module on ``device``), channels-last on the CPU, under autocast."""
     channels_last = device.type == "cpu"
     if channels_last:
-        network = network.to(memory_format=torch.channels_last_3d)
+        network = network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # torch's stubs omit Module.to(memory_format=)
 
     def run(batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         batch = batch.to(device)

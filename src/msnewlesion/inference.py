@@ -362,7 +362,8 @@ def _predict_windows(
             batch = torch.stack(patches).to(device)
             probabilities = _forward_probabilities(run, batch, options.mirror).to(accumulate_on)
             for index, window in enumerate(batch_windows):
-                sums[(slice(None), *window)] += probabilities[index] * weights_patch
+                every_head = (slice(None), *window)
+                sums[every_head] += probabilities[index] * weights_patch
                 weights[window] += weights_patch
             done += len(batch_windows)
             report(progress, stage, done, total)
@@ -371,7 +372,8 @@ def _predict_windows(
     result = torch.where(
         covered, sums / torch.where(covered, weights, torch.ones_like(weights)), torch.zeros_like(sums)
     )
-    maps = result.cpu().numpy()[(slice(None), *crop)]
+    every_head_cropped = (slice(None), *crop)
+    maps = result.cpu().numpy()[every_head_cropped]
     return HeadProbabilities(
         baseline=np.ascontiguousarray(maps[0]),
         followup=np.ascontiguousarray(maps[1]),

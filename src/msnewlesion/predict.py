@@ -9,11 +9,9 @@ summary is a complete result.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import os
-import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,16 +21,22 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from msnewlesion import __version__
 from msnewlesion.device import resolve_device
-from msnewlesion.domain import InputDomain, acquisition_warnings, lesion_load_warnings, registration_warnings
+from msnewlesion.domain import (
+    InputDomain,
+    acquisition_warnings,
+    lesion_load_warnings,
+    pair_warnings,
+    registration_warnings,
+)
 from msnewlesion.engines import resolve_engine
 from msnewlesion.errors import InputError
 from msnewlesion.inference import HeadProbabilities, SlidingWindowOptions, resolve_precision, sliding_window_predict
-from msnewlesion.io import Volume, check_outputs_free, load_volume, save_volume, write_json, write_text
-from msnewlesion.lesions import label_lesions, lesion_table, min_lesion_voxels, remove_small_lesions
+from msnewlesion.io import Volume, check_outputs_free, load_volume, save_volume, staged_outputs, write_json, write_text
+from msnewlesion.lesions import Components, components, lesion_table, min_lesion_voxels, remove_small_lesions
 from msnewlesion.model.checkpoint import LoadedModel
 from msnewlesion.model.config import ModelConfig
+from msnewlesion.prediction_summary import LesionSummary, ModelProvenance, PredictionSummary, summary_record
 from msnewlesion.preprocess import PreprocessedPair, PreprocessOptions, preprocess_pair, to_native
 from msnewlesion.progress import ProgressCallback, report
 from msnewlesion.report import save_qc_figure
@@ -40,9 +44,11 @@ from msnewlesion.report import save_qc_figure
 __all__ = [
     "OUTPUT_NAMES",
     "PAPER_WINDOW_OPTIONS",
+    "LesionSummary",
     "ModelProvenance",
     "PredictOptions",
     "Prediction",
+    "PredictionSummary",
     "open_model",
     "predict_pair",
     "prediction_outputs",
@@ -191,19 +197,13 @@ class PredictOptions:
         )
 
 
-@dataclass(frozen=True)
-class ModelProvenance:
-    """Where the model came from, for the summary."""
-
-    name: str
-    source: str = "local"
-    repo_id: str | None = None
-    revision: str | None = None
-
-
 @dataclass
 class Prediction:
-    """Everything a prediction produced, in memory."""
+    """Everything a prediction produced, in memory.
+
+    ``figures`` holds what callers read (counts, volumes, the threshold); ``summary`` is the full
+    record that ``summary.json`` holds.
+    """
 
     new_lesions: Volume
     lesions_baseline: Volume
@@ -211,6 +211,7 @@ class Prediction:
     probabilities: dict[str, Volume]
     table: pd.DataFrame
     summary: dict[str, Any]
+    figures: PredictionSummary
     common: PreprocessedPair
     new_lesions_common: np.ndarray
     warnings: list[str] = field(default_factory=list)
@@ -271,13 +272,76 @@ def _run_network(
 
 def _mask_from_probability(
     probability: Volume, threshold: float, min_volume: float, connectivity: int
-) -> tuple[Volume, int]:
-    mask = probability.data > threshold
+) -> tuple[Volume, Components]:
+    """The mask of ``probability > threshold`` without lesions of ``min_volume`` mm³ or less, and its lesions."""
+    found = components(probability.data > threshold, connectivity)
     min_voxels = min_lesion_voxels(probability.voxel_volume, min_volume) if min_volume > 0 else 1
     if min_voxels > 1:
-        mask = remove_small_lesions(mask, min_voxels, connectivity)
-    count = label_lesions(mask, connectivity)[1]
-    return probability.with_data(mask.astype(np.uint8)), count
+        found = found.without_small(min_voxels)
+    return probability.with_data(found.mask.astype(np.uint8)), found
+
+
+@dataclass
+class _MappedBack:
+    """The network's maps on each input's grid, thresholded, and the common-grid masks for the QC picture."""
+
+    probabilities: dict[str, Volume]
+    masks: dict[str, Volume]
+    lesions: dict[str, Components]
+    common: tuple[np.ndarray, np.ndarray, np.ndarray]  # new, baseline's and follow-up's lesions
+    min_brightening: dict[str, Any] | None
+
+
+def _map_back(
+    maps: HeadProbabilities,
+    pair: PreprocessedPair,
+    options: PredictOptions,
+    threshold: float,
+    min_volume: float,
+    progress: ProgressCallback | None,
+) -> _MappedBack:
+    report(progress, "map back to the input grids", 0, 3)
+    rejected: dict[str, Any] | None = None
+    if options.min_brightening is not None and not options.paper_mode:
+        new_map, rejected = _require_brightening(maps.new, pair, threshold, options)
+        maps = HeadProbabilities(maps.baseline, maps.followup, new_map)
+    probabilities = {
+        "new_lesions": to_native(maps.new, pair, "followup", kind="probability"),
+        "lesions_baseline": to_native(maps.baseline, pair, "baseline", kind="probability"),
+        "lesions_followup": to_native(maps.followup, pair, "followup", kind="probability"),
+    }
+    report(progress, "map back to the input grids", 2, 3)
+    masks, lesions = {}, {}
+    for key, volume in probabilities.items():
+        masks[key], lesions[key] = _mask_from_probability(volume, threshold, min_volume, options.connectivity)
+    common = [m > threshold for m in (maps.new, maps.baseline, maps.followup)]
+    if min_volume > 0:
+        common_min_voxels = min_lesion_voxels(pair.baseline.voxel_volume, min_volume)
+        common = [remove_small_lesions(m, common_min_voxels, options.connectivity) for m in common]
+    return _MappedBack(probabilities, masks, lesions, (common[0], common[1], common[2]), rejected)
+
+
+def _load_pair(
+    baseline: Volume | str | os.PathLike[str], followup: Volume | str | os.PathLike[str]
+) -> tuple[Volume, Volume]:
+    if not isinstance(baseline, Volume):
+        baseline = load_volume(baseline, what="baseline FLAIR")
+    if not isinstance(followup, Volume):
+        followup = load_volume(followup, what="follow-up FLAIR")
+    return baseline, followup
+
+
+def _input_warnings(
+    pair: PreprocessedPair, baseline: Volume, followup: Volume, config: ModelConfig, model_name: str
+) -> list[str]:
+    warnings = pair_warnings(pair.baseline.data, pair.followup.data, pair.brain_mask.data.astype(bool))
+    warnings += acquisition_warnings(
+        {"baseline FLAIR": baseline.spacing, "follow-up FLAIR": followup.spacing},
+        InputDomain.of(config),
+        model_name,
+    )
+    warnings += registration_warnings(pair.record.get("registration", {}))
+    return warnings
 
 
 def predict_pair(
@@ -318,18 +382,14 @@ def predict_pair(
     >>> from msnewlesion.model.checkpoint import load_model
     >>> model = load_model("models/demo")  # doctest: +SKIP
     >>> result = predict_pair("ses-01_FLAIR.nii.gz", "ses-02_FLAIR.nii.gz", model)  # doctest: +SKIP
-    >>> result.summary["new_lesions"]["count"]  # doctest: +SKIP
+    >>> result.figures.new_lesions.count  # doctest: +SKIP
     3
     """
     options = options or PredictOptions()
     provenance = provenance or ModelProvenance(name=model.config.name)
     timings: dict[str, float] = {}
-    started = time.perf_counter()
-    clock = time.perf_counter()
-    if not isinstance(baseline, Volume):
-        baseline = load_volume(baseline, what="baseline FLAIR")
-    if not isinstance(followup, Volume):
-        followup = load_volume(followup, what="follow-up FLAIR")
+    started = clock = time.perf_counter()
+    baseline, followup = _load_pair(baseline, followup)
     timings["load"] = time.perf_counter() - clock
 
     device = resolve_device(options.device)
@@ -339,114 +399,62 @@ def predict_pair(
         baseline, followup, options.preprocess_options(model.config), progress=progress, scratch_dir=scratch_dir
     )
     timings["preprocess"] = time.perf_counter() - clock
-    warnings = _pair_warnings(pair)
-    warnings += acquisition_warnings(
-        {"baseline FLAIR": baseline.spacing, "follow-up FLAIR": followup.spacing},
-        InputDomain.of(model.config),
-        provenance.name,
-    )
-    warnings += registration_warnings(pair.record.get("registration", {}))
+    warnings = _input_warnings(pair, baseline, followup, model.config, provenance.name)
 
     clock = time.perf_counter()
     maps = _run_network(model, pair, options, device, progress)
     timings["network"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    report(progress, "map back to the input grids", 0, 3)
     threshold = 0.5 if options.paper_mode else (options.threshold or model.config.threshold)
     min_volume = 0.0 if options.paper_mode else options.min_lesion_volume
-    rejected: dict[str, Any] | None = None
-    if options.min_brightening is not None and not options.paper_mode:
-        new_map, rejected = _require_brightening(maps.new, pair, threshold, options)
-        maps = HeadProbabilities(maps.baseline, maps.followup, new_map)
-    probability = {
-        "new_lesions": to_native(maps.new, pair, "followup", kind="probability"),
-        "lesions_baseline": to_native(maps.baseline, pair, "baseline", kind="probability"),
-        "lesions_followup": to_native(maps.followup, pair, "followup", kind="probability"),
-    }
-    report(progress, "map back to the input grids", 2, 3)
-    masks = {}
-    counts = {}
-    for key, volume in probability.items():
-        masks[key], counts[key] = _mask_from_probability(volume, threshold, min_volume, options.connectivity)
+    mapped = _map_back(maps, pair, options, threshold, min_volume, progress)
     table = lesion_table(
-        masks["new_lesions"].data.astype(bool),
-        masks["new_lesions"].affine,
-        probability=probability["new_lesions"].data,
-        connectivity=options.connectivity,
+        mapped.lesions["new_lesions"],
+        mapped.masks["new_lesions"].affine,
+        probability=mapped.probabilities["new_lesions"].data,
     )
-    common_masks = [m > threshold for m in (maps.new, maps.baseline, maps.followup)]
-    if min_volume > 0:
-        common_min_voxels = min_lesion_voxels(pair.baseline.voxel_volume, min_volume)
-        common_masks = [remove_small_lesions(m, common_min_voxels, options.connectivity) for m in common_masks]
-    new_common, lesions_baseline_common, lesions_followup_common = common_masks
     timings["map_back"] = time.perf_counter() - clock
     report(progress, "map back to the input grids", 3, 3)
     timings["total"] = time.perf_counter() - started
 
-    window_options = options.window_options(model.config)
-    autocast = resolve_precision(window_options.precision, device)
-    volumes = {key: _volume_summary(masks[key], counts[key]) for key in masks}
+    figures = PredictionSummary(
+        **{key: LesionSummary.of(mapped.masks[key], mapped.lesions[key].count) for key in mapped.masks},
+        threshold=threshold,
+        min_lesion_volume_mm3=min_volume,
+    )
     warnings += lesion_load_warnings(
         float(np.count_nonzero(pair.brain_mask.data)) * pair.baseline.voxel_volume,
-        volumes["new_lesions"]["count"],
-        volumes["new_lesions"]["volume_mm3"],
-        {"baseline": volumes["lesions_baseline"]["volume_mm3"], "follow-up": volumes["lesions_followup"]["volume_mm3"]},
+        figures.new_lesions.count,
+        figures.new_lesions.volume_mm3,
+        {"baseline": figures.lesions_baseline.volume_mm3, "follow-up": figures.lesions_followup.volume_mm3},
     )
-    summary = {
-        "msnewlesion_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "inputs": {
-            "baseline": str(baseline.path) if baseline.path else None,
-            "followup": str(followup.path) if followup.path else None,
-            "baseline_grid": {"shape": list(baseline.shape), "spacing_mm": list(baseline.spacing)},
-            "followup_grid": {"shape": list(followup.shape), "spacing_mm": list(followup.spacing)},
-        },
-        "new_lesions": volumes["new_lesions"],
-        "lesions_baseline": volumes["lesions_baseline"],
-        "lesions_followup": volumes["lesions_followup"],
-        "model": {
-            "name": provenance.name,
-            "source": provenance.source,
-            "repo_id": provenance.repo_id,
-            "revision": provenance.revision,
-            "weights_sha256": model.weights_sha256,
-            "path": str(model.path),
-            "description": model.config.description,
-            "spacing_mm": list(model.config.spacing),
-            "patch_size": list(model.config.patch_size),
-        },
-        "settings": {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(options).items()},
-            "threshold_used": threshold,
-            "min_lesion_volume_used_mm3": min_volume,
-            "device_used": str(device),
-            "autocast": str(autocast).replace("torch.", "") if autocast is not None else "fp32",
-            "engine_used": engine,
-            "sliding_window": {
-                k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(window_options).items()
-            },
-        },
-        "timings_s": {
-            **{k: round(v, 3) for k, v in timings.items()},
-            "preprocess_steps": {step["step"]: step["seconds"] for step in pair.record["steps"]},
-        },
-        "preprocessing": pair.record,
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-        },
-        "post_processing": {"min_brightening": rejected},
-        "warnings": warnings,
-    }
+    window_options = options.window_options(model.config)
+    summary = summary_record(
+        figures=figures,
+        baseline=baseline,
+        followup=followup,
+        model=model,
+        provenance=provenance,
+        options=options,
+        window_options=window_options,
+        device=device,
+        autocast=resolve_precision(window_options.precision, device),
+        engine=engine,
+        pair=pair,
+        timings=timings,
+        min_brightening=mapped.min_brightening,
+        warnings=warnings,
+    )
+    new_common, lesions_baseline_common, lesions_followup_common = mapped.common
     return Prediction(
-        new_lesions=masks["new_lesions"],
-        lesions_baseline=masks["lesions_baseline"],
-        lesions_followup=masks["lesions_followup"],
-        probabilities=probability,
+        new_lesions=mapped.masks["new_lesions"],
+        lesions_baseline=mapped.masks["lesions_baseline"],
+        lesions_followup=mapped.masks["lesions_followup"],
+        probabilities=mapped.probabilities,
         table=table,
         summary=summary,
+        figures=figures,
         common=pair,
         new_lesions_common=new_common,
         warnings=warnings,
@@ -463,7 +471,8 @@ def _require_brightening(
     mean follow-up − baseline difference (normalised units) is at least ``options.min_brightening``.
     """
     assert options.min_brightening is not None
-    labels, count = label_lesions(new > threshold, options.connectivity)
+    candidates = components(new > threshold, options.connectivity)
+    labels, count = candidates.labels, candidates.count
     if count == 0:
         return new, {"threshold": options.min_brightening, "candidates": 0, "rejected": 0}
     difference = pair.followup.data.astype(np.float64) - pair.baseline.data.astype(np.float64)
@@ -474,30 +483,8 @@ def _require_brightening(
     return kept, record
 
 
-def _volume_summary(mask: Volume, count: int) -> dict[str, Any]:
-    voxels = int(np.count_nonzero(mask.data))
-    return {"count": int(count), "voxels": voxels, "volume_mm3": round(voxels * mask.voxel_volume, 3)}
-
-
-def _pair_warnings(pair: PreprocessedPair) -> list[str]:
-    brain = pair.brain_mask.data.astype(bool)
-    if brain.sum() < 100:
-        return ["the brain mask holds almost nothing: check the inputs and the skull stripping"]
-    a = pair.baseline.data[brain].astype(np.float64)
-    b = pair.followup.data[brain].astype(np.float64)
-    if a.std() == 0 or b.std() == 0:
-        return ["one of the scans is constant inside the brain"]
-    correlation = float(np.corrcoef(a, b)[0, 1])
-    if correlation < 0.5:
-        return [
-            f"the two scans agree poorly inside the brain after registration (correlation {correlation:.2f}): "
-            "check that they are the same subject and both FLAIR"
-        ]
-    return []
-
-
 def prediction_outputs(directory: str | os.PathLike[str], *, save_probabilities: bool = False) -> dict[str, Path]:
-    """The files :func:`write_prediction` writes into ``directory``."""
+    """The files :func:`write_prediction` writes into ``directory`` by default (its output layout)."""
     directory = Path(directory)
     names = dict(OUTPUT_NAMES)
     if save_probabilities:
@@ -505,15 +492,53 @@ def prediction_outputs(directory: str | os.PathLike[str], *, save_probabilities:
     return {key: directory / name for key, name in names.items()}
 
 
+_DESCRIPTIONS = {
+    "new_lesions": "msnewlesion new lesions",
+    "lesions_baseline": "msnewlesion all lesions (baseline)",
+    "lesions_followup": "msnewlesion all lesions (follow-up)",
+}
+
+
 def write_prediction(
     prediction: Prediction,
     directory: str | os.PathLike[str],
     *,
+    layout: Mapping[str, Path] | None = None,
     inputs: Sequence[str | os.PathLike[str]] = (),
     overwrite: bool = False,
     save_probabilities: bool = False,
+    extra_json: Mapping[str, dict[str, Any]] | None = None,
+    extra_summary: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write the masks, table, QC picture and summary (last) into ``directory``.
+    """Write the masks, table, QC picture and summary (last) of a prediction.
+
+    Everything is staged and moved into place with ``summary.json`` last
+    (:func:`msnewlesion.io.staged_outputs`): a result with a summary is complete.
+
+    Parameters
+    ----------
+    prediction : Prediction
+        From :func:`predict_pair`.
+    directory : path-like
+        The result's folder; the summary lists every output relative to it.
+    layout : mapping of str to Path, optional
+        Where each output goes, by kind (the keys of :func:`prediction_outputs`, which gives the
+        default: today's names in ``directory``). Keys beyond those name ``extra_json`` files.
+    inputs : sequence of path-like
+        The prediction's inputs, which no output may replace.
+    overwrite : bool
+        Replace the outputs of a complete result (those of an unfinished one are always replaced).
+    save_probabilities : bool
+        Also write the three probability maps (``<kind>_probability`` in ``layout``).
+    extra_json : mapping of str to dict, optional
+        More JSON files written with the result (before the summary), by their key in ``layout``.
+    extra_summary : mapping, optional
+        Entries added to the summary after ``outputs``.
+
+    Returns
+    -------
+    dict of str to Path
+        ``layout``: every file written.
 
     Raises
     ------
@@ -522,41 +547,42 @@ def write_prediction(
     InputError
         An output would overwrite one of ``inputs``.
     """
-    outputs = prediction_outputs(directory, save_probabilities=save_probabilities)
+    directory = Path(directory)
+    if layout is None:
+        layout = prediction_outputs(directory, save_probabilities=save_probabilities)
+    outputs = dict(layout)
     # Files beside a missing summary.json are leftovers of an interrupted run, never a result.
     complete = outputs["summary"].exists()
     check_outputs_free(outputs.values(), inputs=inputs, overwrite=overwrite or not complete)
-    # Remove a previous summary first: until the new one is written, the folder is not "complete".
-    if outputs["summary"].exists():
-        outputs["summary"].unlink()
+    # Remove a previous summary first: until the new one is written, the result is not "complete".
+    outputs["summary"].unlink(missing_ok=True)
     clock = time.perf_counter()
-    descriptions = {
-        "new_lesions": "msnewlesion new lesions",
-        "lesions_baseline": "msnewlesion all lesions (baseline)",
-        "lesions_followup": "msnewlesion all lesions (follow-up)",
-    }
-    for key, description in descriptions.items():
-        save_volume(getattr(prediction, key), outputs[key], dtype=np.uint8, description=description)
-    if save_probabilities:
-        for key, volume in prediction.probabilities.items():
-            save_volume(volume, outputs[f"{key}_probability"], dtype=np.float32, description=f"{key} probability")
-    write_text(outputs["table"], prediction.table.to_csv(sep="\t", index=False, float_format="%.4f"))
-    common = prediction.common
-    save_qc_figure(
-        common.baseline.data,
-        common.followup.data,
-        prediction.new_lesions_common,
-        outputs["qc"],
-        brain_mask=common.brain_mask.data.astype(bool),
-        spacing=common.baseline.spacing,
-        title="msnewlesion",
-        lesion_count=int(prediction.summary["new_lesions"]["count"]),
-        lesions=prediction.lesions_common,
-    )
-    summary = dict(prediction.summary)
-    summary["timings_s"] = dict(summary["timings_s"], write=round(time.perf_counter() - clock, 3))
-    summary["outputs"] = {key: path.name for key, path in outputs.items()}
-    write_json(outputs["summary"], summary)
+    with staged_outputs(outputs, manifest="summary") as staged:
+        for key, description in _DESCRIPTIONS.items():
+            save_volume(getattr(prediction, key), staged[key], dtype=np.uint8, description=description)
+        if save_probabilities:
+            for key, volume in prediction.probabilities.items():
+                save_volume(volume, staged[f"{key}_probability"], dtype=np.float32, description=f"{key} probability")
+        write_text(staged["table"], prediction.table.to_csv(sep="\t", index=False, float_format="%.4f"))
+        common = prediction.common
+        save_qc_figure(
+            common.baseline.data,
+            common.followup.data,
+            prediction.new_lesions_common,
+            staged["qc"],
+            brain_mask=common.brain_mask.data.astype(bool),
+            spacing=common.baseline.spacing,
+            title="msnewlesion",
+            lesion_count=prediction.figures.new_lesions.count,
+            lesions=prediction.lesions_common,
+        )
+        for key, payload in (extra_json or {}).items():
+            write_json(staged[key], payload)
+        summary = dict(prediction.summary)
+        summary["timings_s"] = dict(summary["timings_s"], write=round(time.perf_counter() - clock, 3))
+        summary["outputs"] = {key: path.relative_to(directory).as_posix() for key, path in outputs.items()}
+        summary |= extra_summary or {}
+        write_json(staged["summary"], summary)
     return outputs
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from msnewlesion.io import atomic_path
+from msnewlesion.lesions import bounding_box, components
 
 __all__ = ["choose_qc_slices", "save_qc_figure"]
 
@@ -22,10 +23,10 @@ def choose_qc_slices(mask: np.ndarray, brain: np.ndarray | None = None, count: i
     >>> choose_qc_slices(mask, count=2)
     [7]
     """
-    labels, count_found = ndimage.label(mask, np.ones((3, 3, 3)))
+    found = components(mask)
+    labels, count_found = found.labels, found.count
     if count_found:
-        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count_found + 1))
-        order = np.argsort(-sizes, kind="stable")
+        order = np.argsort(-found.sizes, kind="stable")
         slices: list[int] = []
         for index in order:
             centre = ndimage.center_of_mass(labels == index + 1)
@@ -77,16 +78,11 @@ def save_qc_figure(
     chooser = new_lesions if new_lesions.any() or lesions is None else lesions[1]
     slices = choose_qc_slices(chooser, brain_mask, count=count)
     rows = max(len(slices), 1)
-    found = lesion_count if lesion_count is not None else int(ndimage.label(new_lesions, np.ones((3, 3, 3)))[1])
+    found = lesion_count if lesion_count is not None else components(new_lesions).count
     brain = brain_mask if brain_mask is not None and brain_mask.any() else np.ones(followup.shape, bool)
     lo, hi = np.percentile(followup[brain], (1, 99.5))
     # Show only the brain's bounding box (plus a little), with everything outside the brain black.
-    present = np.nonzero(brain.any(axis=2))
-    margin = 4
-    box = tuple(
-        slice(max(int(p.min()) - margin, 0), min(int(p.max()) + margin + 1, size))
-        for p, size in zip(present, brain.shape[:2], strict=True)
-    )
+    box = bounding_box(np.asarray(brain.any(axis=2)), margin=4) or ()
     aspect = spacing[1] / spacing[0]
     figure, axes = plt.subplots(rows, 2, figsize=(8.0, 4.1 * rows), squeeze=False, facecolor="black")
     for row, z in enumerate(slices):

@@ -120,11 +120,13 @@ def spread_participant_labels(
 class BidsCommand(Command):
     """Accepts several participant labels after one ``--participant-label``, as BIDS Apps do."""
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    # typer.Context is click's Context, which typer vendors under another name: mypy sees two classes.
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
         value_options = {
             name
             for param in self.params
-            if param.param_type_name == "option" and not param.is_flag and not param.count
+            if param.param_type_name == "option" and not getattr(param, "is_flag", False)
+            and not getattr(param, "count", False)
             for name in param.opts
         }
         return super().parse_args(ctx, spread_participant_labels(args, value_options))

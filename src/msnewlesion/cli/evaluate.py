@@ -104,6 +104,7 @@ def evaluate(
     """
     from msnewlesion.io import check_outputs_free
     from msnewlesion.metrics import (
+        CaseFailure,
         CasePair,
         EvaluationOptions,
         case_name,
@@ -130,7 +131,7 @@ def evaluate(
             "give the cases one way: PRED GT, or --pred-dir and --gt-dir, or --pairs FILE.csv "
             "(see msnewlesion evaluate --help)"
         )
-    failures = []
+    failures: list[CaseFailure] = []
     if single:
         if prediction is None or reference is None:
             raise InputError("give both masks: msnewlesion evaluate PRED GT")
@@ -167,9 +168,9 @@ def evaluate(
     if not quiet:
         screen = err_console if json_output else console
         _print_table(screen, results, summarise(results), units.value)
-        for path, what in ((output, "results"), (lesions_csv, "per-lesion results")):
-            if path is not None:
-                err_console.print(f"{what} written to {escape(str(path))}", highlight=False)
+        for written, what in ((output, "results"), (lesions_csv, "per-lesion results")):
+            if written is not None:
+                err_console.print(f"{what} written to {escape(str(written))}", highlight=False)
 
     for failure in failures:
         message = with_flags(failure.error, flags)

@@ -3,7 +3,7 @@
 import json
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -161,7 +161,7 @@ def preprocess(
     )
 
     started = time.perf_counter()
-    explicit = {
+    explicit: dict[str, Any] = {
         "spacing": spacing,
         "orientation": orientation,
         "intensity_normalization": normalization,

@@ -8,7 +8,15 @@ from typing import Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from msnewlesion.cli.common import DEVICE_HELP, cli_errors, err_console, info, progress_bars
 
@@ -157,7 +165,7 @@ class _TrainingBar:
             TimeRemainingColumn(),
             console=err_console,
         )
-        self.task = None
+        self.task: TaskID | None = None
         self.started = time.perf_counter()
         self.first_iteration: int | None = None
         self.last_validation = ""

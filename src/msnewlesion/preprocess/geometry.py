@@ -116,7 +116,8 @@ class Grid:
         """The sub-grid of voxels ``start`` (inclusive) to ``stop`` (exclusive) along each axis."""
         shift = np.eye(4)
         shift[:3, 3] = start
-        return Grid(tuple(int(b - a) for a, b in zip(start, stop, strict=True)), self.affine @ shift)
+        shape = (int(stop[0] - start[0]), int(stop[1] - start[1]), int(stop[2] - start[2]))
+        return Grid(shape, self.affine @ shift)
 
     def same_as(self, other: Grid, *, atol: float = 1e-4) -> bool:
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol, rtol=0))

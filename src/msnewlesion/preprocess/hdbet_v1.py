@@ -196,7 +196,7 @@ class HdBetV1Network(nn.Module):
         self.seg_layer = _conv(2 * w, 2, kernel=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.context1(self.init_conv(x))
+        x = self.context1(self.init_conv(x))  # type: ignore[operator]  # made with setattr in __init__
         skips = []
         for level in range(1, 5):
             skip, x = getattr(self, f"down{level}")(x)

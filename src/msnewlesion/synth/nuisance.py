@@ -6,9 +6,10 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
-from msnewlesion.synth.tissue import bounding_box, label_lesions
+from msnewlesion.lesions import bounding_box, components
 
 __all__ = [
     "DRIFT_TERMS",
@@ -24,7 +25,7 @@ __all__ = [
 DRIFT_TERMS = ("1", "x", "y", "z", "x^2", "y^2", "z^2", "xy", "xz", "yz")
 
 
-def rotation_matrix(axis: Sequence[float], angle_deg: float) -> np.ndarray:
+def rotation_matrix(axis: npt.ArrayLike, angle_deg: float) -> np.ndarray:
     """The 3×3 rotation by ``angle_deg`` degrees about ``axis`` (right-hand rule, Rodrigues' formula).
 
     Examples
@@ -32,15 +33,15 @@ def rotation_matrix(axis: Sequence[float], angle_deg: float) -> np.ndarray:
     >>> rotation_matrix([0, 0, 1], 90).round(6).tolist()
     [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     """
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
+    unit = np.asarray(axis, dtype=np.float64)
+    unit = unit / np.linalg.norm(unit)
     angle = math.radians(angle_deg)
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    cross = np.array([[0, -unit[2], unit[1]], [unit[2], 0, -unit[0]], [-unit[1], unit[0], 0]])
     return np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
 
 
 def rigid_matrix(
-    axis: Sequence[float], angle_deg: float, translation_mm: Sequence[float], centre_mm: Sequence[float]
+    axis: npt.ArrayLike, angle_deg: float, translation_mm: npt.ArrayLike, centre_mm: npt.ArrayLike
 ) -> np.ndarray:
     """The 4×4 world transform that rotates about ``centre_mm`` and then translates: x ↦ R (x − c) + c + t.
 
@@ -58,7 +59,7 @@ def rigid_matrix(
     return matrix
 
 
-def half_rigid(axis: Sequence[float], angle_deg: float, matrix: np.ndarray) -> np.ndarray:
+def half_rigid(axis: npt.ArrayLike, angle_deg: float, matrix: np.ndarray) -> np.ndarray:
     """The rigid transform S with S ∘ S = ``matrix`` (half the rotation about the same axis).
 
     Examples
@@ -146,8 +147,7 @@ def move(
     result = np.zeros(data.shape, dtype=np.float32)
     output_to_input = np.linalg.inv(affine) @ np.linalg.inv(world_matrix) @ affine
     if sparse:
-        _, boxes, _ = label_lesions(data != 0)
-        for box in boxes:
+        for box in components(data != 0).boxes:
             _move_box(data, output_to_input, box, order, result)
         return result
     if source_box is None:

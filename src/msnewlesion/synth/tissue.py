@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from msnewlesion.errors import InputError
 from msnewlesion.io import Volume, check_same_grid
+from msnewlesion.lesions import bounding_box, components
 
 __all__ = [
     "TissueModel",
@@ -26,74 +27,18 @@ __all__ = [
     "label_lesions",
 ]
 
-# Lesions are counted with 26-connectivity, as in the paper's code; a lesion that is separate under 26 is
-# also separate under the 6-connectivity of the Anima rule.
-CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
-
 #: Voxels this close (in voxels, 26-neighbourhood steps) to an annotated lesion are not normal-appearing:
 #: the consensus masks leave a partial-volume halo about one voxel wide that is still hyperintense.
 NAWM_LESION_MARGIN = 2
 
 
-def bounding_box(mask: np.ndarray, margin: int | tuple[int, ...] = 0) -> tuple[slice, ...] | None:
-    """The smallest box holding every true voxel of ``mask``, grown by ``margin`` and clipped to the array.
-
-    Returns None when the mask is empty.
-
-    Examples
-    --------
-    >>> mask = np.zeros((10, 10, 10), dtype=bool)
-    >>> mask[2:4, 5, 7] = True
-    >>> bounding_box(mask, margin=1)
-    (slice(1, 5, None), slice(4, 7, None), slice(6, 9, None))
-    """
-    margins = (margin,) * mask.ndim if isinstance(margin, int) else tuple(margin)
-    box = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        present = np.flatnonzero(np.any(mask, axis=others))
-        if present.size == 0:
-            return None
-        start = max(int(present[0]) - margins[axis], 0)
-        stop = min(int(present[-1]) + 1 + margins[axis], mask.shape[axis])
-        box.append(slice(start, stop))
-    return tuple(box)
-
-
 def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, list[tuple[slice, ...]], np.ndarray]:
-    """Connected components of a lesion mask (26-connectivity).
+    """Connected components of a lesion mask (26-connectivity): labels, boxes and sizes.
 
-    Returns
-    -------
-    labels : ndarray of int32
-        0 for background, 1..n for the lesions.
-    boxes : list of tuple of slice
-        ``boxes[k - 1]`` is the bounding box of lesion ``k``.
-    sizes : ndarray of int64
-        ``sizes[k - 1]`` is the number of voxels of lesion ``k``.
-
-    Examples
-    --------
-    >>> mask = np.zeros((6, 6, 6), dtype=bool)
-    >>> mask[0, 0, 0] = mask[1, 1, 1] = mask[4, 4, 4] = True
-    >>> labels, boxes, sizes = label_lesions(mask)
-    >>> sizes.tolist()
-    [2, 1]
+    Kept for callers of earlier versions: :func:`msnewlesion.lesions.components` gives the same.
     """
-    box = bounding_box(mask)
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    if box is None:
-        return labels, [], np.zeros(0, dtype=np.int64)
-    # Labelling only the box around the lesions is many times faster on a whole head.
-    cropped, count = ndimage.label(mask[box], structure=CONNECTIVITY)
-    labels[box] = cropped
-    offsets = [s.start for s in box]
-    boxes = [
-        tuple(slice(s.start + o, s.stop + o) for s, o in zip(found, offsets, strict=True))
-        for found in ndimage.find_objects(cropped)
-    ]
-    sizes = np.bincount(cropped.ravel(), minlength=count + 1)[1:].astype(np.int64)
-    return labels, boxes, sizes
+    found = components(mask)
+    return found.labels, found.boxes, found.sizes
 
 
 def brain_mask_from_flair(flair: Volume) -> np.ndarray:
@@ -298,7 +243,7 @@ def fit_tissue_model(flair: Volume, lesions: Volume, brain_mask: Volume | None =
         raise InputError(
             f"no normal-appearing white matter was found in {flair.name}: is it a FLAIR, and skull-stripped?"
         )
-    labels, boxes, sizes = label_lesions(lesion_mask)
+    annotated = components(lesion_mask)
     return TissueModel(
         brain=brain,
         white_matter=white_matter,
@@ -308,7 +253,7 @@ def fit_tissue_model(flair: Volume, lesions: Volume, brain_mask: Volume | None =
         class_stds=tuple(float(v) for v in stds),  # type: ignore[arg-type]
         class_weights=tuple(float(v) for v in weights),  # type: ignore[arg-type]
         white_matter_mean=float(image[normal_white_matter].mean()),
-        lesion_labels=labels,
-        lesion_boxes=boxes,
-        lesion_sizes=sizes,
+        lesion_labels=annotated.labels,
+        lesion_boxes=annotated.boxes,
+        lesion_sizes=annotated.sizes,
     )

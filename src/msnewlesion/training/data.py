@@ -18,9 +18,9 @@ import torch
 from scipy import ndimage
 
 from msnewlesion.io import load_mask, load_volume
+from msnewlesion.lesions import bounding_box
 from msnewlesion.model.network import make_input
 from msnewlesion.progress import ProgressCallback, report
-from msnewlesion.synth.tissue import bounding_box
 from msnewlesion.training.config import TrainConfig
 from msnewlesion.training.manifest import ManifestRow
 

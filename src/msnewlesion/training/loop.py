@@ -15,11 +15,9 @@ A run folder holds:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,10 +31,9 @@ from torch import nn
 
 from msnewlesion import __version__
 from msnewlesion.device import resolve_device
-from msnewlesion.errors import InputError, OutputExistsError
-from msnewlesion.inference import SlidingWindowOptions, sliding_window_predict
-from msnewlesion.io import atomic_directory, write_json, write_text
-from msnewlesion.model.checkpoint import WEIGHTS_NAME, load_model, write_model_files
+from msnewlesion.errors import InputError
+from msnewlesion.io import write_json, write_text
+from msnewlesion.model.checkpoint import WEIGHTS_NAME, load_model
 from msnewlesion.model.config import ModelConfig
 from msnewlesion.model.losses import LossWeights, coactseg_loss
 from msnewlesion.model.network import CoactSeg
@@ -44,28 +41,18 @@ from msnewlesion.progress import ProgressCallback
 from msnewlesion.training.config import TrainConfig
 from msnewlesion.training.data import TrainingSample, batches, load_samples
 from msnewlesion.training.manifest import Manifest, read_manifest, validate_manifest
+from msnewlesion.training.run_files import (
+    STATE_NAME,
+    append_log,
+    prepare_run_dir,
+    save_best,
+    save_checkpoint,
+    tensorboard_writer,
+    truncate_log,
+)
+from msnewlesion.training.validation import validate
 
 __all__ = ["StepLog", "TrainResult", "train"]
-
-STATE_NAME = "training_state.pt"
-LOG_COLUMNS = (
-    "iteration",
-    "loss",
-    "all_lesion_loss",
-    "new_lesion_loss",
-    "relation_loss",
-    "relation_weight",
-    "lr",
-    "seconds",
-    "val_new_lesion_dice",
-    "val_new_lesion_f1",
-    "val_new_lesion_pooled_f1",
-    "val_false_positive_lesions",
-    "val_all_lesion_dice",
-    "val_mean_dice",
-)
-RUN_FILES = ("last", "best", "log.csv", "train_config.yaml", "train_summary.json", "tensorboard")
-
 
 @dataclass(frozen=True)
 class StepLog:
@@ -179,26 +166,6 @@ def _out_of_time(started: float, limit: float | None, dist_info: _Distributed) -
     return bool(decision.item())
 
 
-def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    # A run killed while writing a checkpoint leaves a hidden temporary folder, never a finished-looking one.
-    for leftover in [*run_dir.glob(".last.*"), *run_dir.glob(".best.*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
-    if resume:
-        if not (run_dir / "last" / STATE_NAME).is_file():
-            raise InputError(f"nothing to resume in {run_dir}: it holds no last/{STATE_NAME}")
-        return
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(
-            f"{run_dir} already holds a training run ({', '.join(existing)}); pass `resume=True` to continue it "
-            "or `overwrite=True` to start again"
-        )
-    for name in existing:
-        path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
 def _model_config(config: TrainConfig, spacing: tuple[float, ...], manifest: Manifest) -> ModelConfig:
     train_rows = manifest.split("train")
     n_long = sum(row.longitudinal for row in train_rows)
@@ -208,7 +175,7 @@ def _model_config(config: TrainConfig, spacing: tuple[float, ...], manifest: Man
         width=config.width,
         norm=config.norm,
         dropout=config.dropout,
-        spacing=tuple(spacing),
+        spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
         patch_size=(config.patch_size,) * 3,
         intensity_normalization=config.intensity_normalization,
         description=config.description or f"CoactSeg trained with msnewlesion {__version__}",
@@ -249,114 +216,6 @@ def _initialise_from(network: CoactSeg, spec: str) -> None:
         )
         raise InputError(f"init_from {spec} ({folder}) cannot start this run: its {listed}")
     network.load_state_dict(start.network.state_dict())
-
-
-def _save_checkpoint(
-    run_dir: Path,
-    network: CoactSeg,
-    model_config: ModelConfig,
-    state: dict[str, Any],
-) -> None:
-    with atomic_directory(run_dir / "last", overwrite=True) as temporary:
-        write_model_files(network, temporary, config=model_config)
-        torch.save(state, temporary / STATE_NAME)
-
-
-def _save_best(run_dir: Path, network: CoactSeg, model_config: ModelConfig, metrics: dict[str, Any]) -> None:
-    with atomic_directory(run_dir / "best", overwrite=True) as temporary:
-        write_model_files(network, temporary, config=model_config)
-        write_json(temporary / "validation.json", metrics)
-
-
-def _validate(
-    network: CoactSeg, samples: list[TrainingSample], config: TrainConfig, device: torch.device
-) -> dict[str, float]:
-    from msnewlesion.metrics import evaluate_case
-
-    options = SlidingWindowOptions(
-        patch_size=(config.patch_size,) * 3,
-        overlap=config.val_overlap,
-        precision="fp32" if device.type == "cpu" else "auto",
-    )
-    new_dice, new_f1, all_dice = [], [], []
-    detected_ref = refs = detected_pred = preds = false_positives = 0
-    # sliding_window_predict runs an eval-mode copy: the training network's state is never touched
-    for sample in samples:
-        maps = sliding_window_predict(
-            network,
-            sample.baseline,
-            sample.followup if sample.longitudinal else None,
-            options=options,
-            brain_mask=sample.brain,
-            device=device,
-        )
-        if sample.longitudinal:
-            result = evaluate_case(maps.new > 0.5, sample.label > 0, sample.spacing)
-            detected_ref += result.n_detected_ref_lesions
-            refs += result.n_ref_lesions
-            detected_pred += result.n_detected_pred_lesions
-            preds += result.n_pred_lesions
-            false_positives += result.n_fp_lesions
-            if result.n_ref_lesions:  # pairs without new lesions count by their false positives only
-                new_dice.append(result.dice)
-                new_f1.append(result.lesion_f1)
-        else:
-            result = evaluate_case(maps.baseline > 0.5, sample.label > 0, sample.spacing)
-            all_dice.append(result.dice)
-
-    def mean(values: list[float]) -> float:
-        finite = [v for v in values if v is not None and math.isfinite(v)]
-        return float(np.mean(finite)) if finite else float("nan")
-
-    sensitivity = detected_ref / refs if refs else float("nan")
-    ppv = detected_pred / preds if preds else (1.0 if refs else float("nan"))
-    pooled_f1 = 2 * sensitivity * ppv / (sensitivity + ppv) if sensitivity + ppv > 0 else 0.0
-    metrics = {
-        "val_new_lesion_dice": mean(new_dice),
-        "val_new_lesion_f1": mean(new_f1),
-        "val_new_lesion_pooled_f1": pooled_f1 if refs else float("nan"),
-        "val_false_positive_lesions": float(false_positives),
-        "val_all_lesion_dice": mean(all_dice),
-    }
-    present = [v for v in (metrics["val_new_lesion_dice"], metrics["val_all_lesion_dice"]) if math.isfinite(v)]
-    metrics["val_mean_dice"] = float(np.mean(present)) if present else float("nan")
-    return metrics
-
-
-def _truncate_log(path: Path, last_iteration: int) -> None:
-    if not path.exists():
-        return
-    with open(path, newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if int(row["iteration"]) <= last_iteration]
-    _write_log(path, rows)
-
-
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    lines = [",".join(LOG_COLUMNS)]
-    lines += [",".join(str(row.get(column, "")) for column in LOG_COLUMNS) for row in rows]
-    write_text(path, "\n".join(lines) + "\n")
-
-
-def _append_log(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        if new:
-            handle.write(",".join(LOG_COLUMNS) + "\n")
-        handle.write(",".join(_format(row.get(column, "")) for column in LOG_COLUMNS) + "\n")
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
-
-
-def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # TensorBoard is optional
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
 def train(
@@ -408,91 +267,181 @@ def train(
     """
     run_dir = Path(run_dir)
     dist_info, torch_device = _setup_distributed(device)
+    session = _Session(run_dir, torch_device, dist_info, resume, overwrite, on_step, progress, time_limit)
     try:
-        return _train(
-            manifest_path, run_dir, config, resume, overwrite, torch_device, dist_info, on_step, progress, time_limit
-        )
+        return _train(session, manifest_path, config)
     finally:
         if dist_info.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(
-    manifest_path: str | Path,
-    run_dir: Path,
-    config: TrainConfig | None,
-    resume: bool,
-    overwrite: bool,
-    device: torch.device,
-    dist_info: _Distributed,
-    on_step: Callable[[StepLog], None] | None,
-    progress: ProgressCallback | None,
-    time_limit: float | None,
-) -> TrainResult:
-    started = time.perf_counter()
-    if dist_info.main:
-        _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    if dist_info.enabled:
-        dist.barrier()
-    if resume:
-        saved = TrainConfig.load(run_dir / "train_config.yaml")
-        config = saved if config is None else config
-    config = config or TrainConfig()
+@dataclass(frozen=True)
+class _Session:
+    """How this process takes part in the run: where, on which device and rank, and who is told."""
 
+    run_dir: Path
+    device: torch.device
+    dist_info: _Distributed
+    resume: bool
+    overwrite: bool
+    on_step: Callable[[StepLog], None] | None
+    progress: ProgressCallback | None
+    time_limit: float | None
+
+
+@dataclass
+class _Data:
+    manifest: Manifest
+    longitudinal: list[TrainingSample]
+    single: list[TrainingSample]
+    validation: list[TrainingSample]
+    spacing: tuple[float, ...]
+
+
+def _load_data(manifest_path: str | Path, config: TrainConfig, session: _Session) -> _Data:
+    progress = session.progress
     manifest = read_manifest(manifest_path)
     # Image values are checked as the samples load; reading every image twice would double start-up.
-    problems = validate_manifest(manifest, check_images=False, progress=progress if dist_info.main else None)
+    problems = validate_manifest(manifest, check_images=False, progress=progress if session.dist_info.main else None)
     if problems:
         raise InputError(
             f"manifest {manifest.path} has {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
         )
     train_rows, val_rows = manifest.split("train"), manifest.split("val")
     samples = load_samples(train_rows, config.patch_size, progress, workers=config.workers)
-    longitudinal = [s for s in samples if s.longitudinal]
-    single = [s for s in samples if not s.longitudinal]
-    validation = load_samples(val_rows, config.patch_size, progress, workers=config.workers) if dist_info.main else []
-    model_config = _model_config(config, samples[0].spacing, manifest)
+    validation = (
+        load_samples(val_rows, config.patch_size, progress, workers=config.workers) if session.dist_info.main else []
+    )
+    return _Data(
+        manifest=manifest,
+        longitudinal=[s for s in samples if s.longitudinal],
+        single=[s for s in samples if not s.longitudinal],
+        validation=validation,
+        spacing=samples[0].spacing,
+    )
 
+
+@dataclass
+class _Optimisation:
+    """The network and everything that updates it, with the best validation so far."""
+
+    network: CoactSeg
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    start: int = 0
+    best_value: float | None = None
+    best_iteration: int | None = None
+
+    def state(self, iteration: int, world_size: int) -> dict[str, Any]:
+        """What ``training_state.pt`` holds, to resume exactly after ``iteration``."""
+        return {
+            "format": 1,
+            "iteration": iteration,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "torch_rng": torch.get_rng_state(),
+            "best_value": self.best_value,
+            "best_iteration": self.best_iteration,
+            "world_size": world_size,
+            "msnewlesion_version": __version__,
+        }
+
+    def restore(self, run_dir: Path, device: torch.device, iterations: int) -> None:
+        """Continue from ``run_dir/last`` exactly where it stopped."""
+        checkpoint = load_model(run_dir / "last", device=device)
+        self.network.load_state_dict(checkpoint.network.state_dict())
+        state = torch.load(run_dir / "last" / STATE_NAME, map_location=device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.start = int(state["iteration"])
+        self.best_value = state.get("best_value")
+        self.best_iteration = state.get("best_iteration")
+        if self.start >= iterations:
+            raise InputError(
+                f"the run in {run_dir} already reached iteration {self.start}; raise `iterations` to train further"
+            )
+
+
+def _optimisation(config: TrainConfig, model_config: ModelConfig, session: _Session) -> _Optimisation:
+    device = session.device
     torch.manual_seed(config.seed)
     network = CoactSeg(model_config).to(device)
-    if config.init_from and not resume:
+    if config.init_from and not session.resume:
         _initialise_from(network, config.init_from)
     # oneDNN trains 3D convolutions about twice as fast on channels-last tensors
     channels_last = device.type == "cpu"
     if channels_last:
-        network = network.to(memory_format=torch.channels_last_3d)
+        network = network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # torch's stubs omit Module.to(memory_format=)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
     autocast_dtype = _autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype is torch.float16)
+    optimisation = _Optimisation(network, optimizer, scheduler, scaler, autocast_dtype, channels_last)
+    if session.resume:
+        optimisation.restore(session.run_dir, device, config.iterations)
+    return optimisation
+
+
+def _report_step(session: _Session, writer: Any, step: StepLog) -> None:
+    """The iteration's row in ``log.csv``, TensorBoard and ``on_step`` (rank 0 only)."""
+    row = {
+        "iteration": step.iteration,
+        "loss": step.loss,
+        "all_lesion_loss": step.all_lesion,
+        "new_lesion_loss": step.new_lesion,
+        "relation_loss": step.relation,
+        "relation_weight": step.relation_weight,
+        "lr": step.lr,
+        "seconds": round(step.seconds, 4),
+        **(step.validation or {}),
+    }
+    append_log(session.run_dir / "log.csv", row)
+    if writer is not None:
+        writer.add_scalar("loss/total", step.loss, step.iteration)
+        writer.add_scalar("loss/all_lesion", step.all_lesion, step.iteration)
+        writer.add_scalar("loss/new_lesion", step.new_lesion, step.iteration)
+        writer.add_scalar("loss/relation", step.relation, step.iteration)
+        writer.add_scalar("lr", step.lr, step.iteration)
+        for key, value in (step.validation or {}).items():
+            writer.add_scalar(f"validation/{key}", value, step.iteration)
+    if session.on_step is not None:
+        session.on_step(step)
+
+
+def _train(session: _Session, manifest_path: str | Path, config: TrainConfig | None) -> TrainResult:
+    started = time.perf_counter()
+    run_dir, device, dist_info = session.run_dir, session.device, session.dist_info
+    if dist_info.main:
+        prepare_run_dir(run_dir, resume=session.resume, overwrite=session.overwrite)
+    if dist_info.enabled:
+        dist.barrier()
+    if session.resume:
+        saved = TrainConfig.load(run_dir / "train_config.yaml")
+        config = saved if config is None else config
+    config = config or TrainConfig()
+
+    data = _load_data(manifest_path, config, session)
+    model_config = _model_config(config, data.spacing, data.manifest)
+    optimisation = _optimisation(config, model_config, session)
+    network, optimizer, scheduler, scaler = (
+        optimisation.network, optimisation.optimizer, optimisation.scheduler, optimisation.scaler
+    )  # fmt: skip
+    autocast_dtype, start = optimisation.autocast_dtype, optimisation.start
     weights = LossWeights(
         config.new_lesion_weight, config.relation_weight, config.relation_start, config.cross_entropy_weight
     )
-
-    start = 0
-    best_value: float | None = None
-    best_iteration: int | None = None
-    if resume:
-        checkpoint = load_model(run_dir / "last", device=device)
-        network.load_state_dict(checkpoint.network.state_dict())
-        state = torch.load(run_dir / "last" / STATE_NAME, map_location=device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("grad_scaler"):
-            scaler.load_state_dict(state["grad_scaler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        start = int(state["iteration"])
-        best_value = state.get("best_value")
-        best_iteration = state.get("best_iteration")
-        if start >= config.iterations:
-            raise InputError(
-                f"the run in {run_dir} already reached iteration {start}; raise `iterations` to train further"
-            )
     if dist_info.main:
         write_text(run_dir / "train_config.yaml", config.to_yaml())
-        if resume:
-            _truncate_log(run_dir / "log.csv", start)
-    writer = _tensorboard(run_dir) if dist_info.main else None
+        if session.resume:
+            truncate_log(run_dir / "log.csv", start)
+    writer = tensorboard_writer(run_dir) if dist_info.main else None
 
     model: nn.Module = network
     if dist_info.enabled:
@@ -503,11 +452,12 @@ def _train(
     clock = training_started = time.perf_counter()
     last_iteration = start
     for iteration, batch in batches(
-        longitudinal, single, config, start=start, stop=config.iterations, rank=dist_info.rank, workers=config.workers
-    ):
+        data.longitudinal, data.single, config, start=start, stop=config.iterations, rank=dist_info.rank,
+        workers=config.workers,
+    ):  # fmt: skip
         torch.manual_seed(_iteration_seed(config.seed, iteration, dist_info.rank))
         inputs = batch.inputs.to(device, non_blocking=True)
-        if channels_last:
+        if optimisation.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
         target = batch.target.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
@@ -534,69 +484,35 @@ def _train(
                 "the inputs' normalisation"
             )
 
-        out_of_time = _out_of_time(training_started, time_limit, dist_info)
+        out_of_time = _out_of_time(training_started, session.time_limit, dist_info)
         is_last = iteration == config.iterations or out_of_time
         metrics: dict[str, float] | None = None
-        if (iteration % config.val_every == 0 or is_last) and validation and dist_info.main:
-            metrics = _validate(network, validation, config, device)
+        if (iteration % config.val_every == 0 or is_last) and data.validation and dist_info.main:
+            metrics = validate(network, data.validation, config, device)
             value = metrics[f"val_{config.best_metric}"]
-            if math.isfinite(value) and (best_value is None or value > best_value):
-                best_value, best_iteration = value, iteration
-                _save_best(run_dir, network, model_config, {"iteration": iteration, **metrics})
+            if math.isfinite(value) and (optimisation.best_value is None or value > optimisation.best_value):
+                optimisation.best_value, optimisation.best_iteration = value, iteration
+                save_best(run_dir, network, model_config, {"iteration": iteration, **metrics})
         saving = iteration % config.save_every == 0 or is_last
         if saving and dist_info.main:
-            state = {
-                "format": 1,
-                "iteration": iteration,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "grad_scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "torch_rng": torch.get_rng_state(),
-                "best_value": best_value,
-                "best_iteration": best_iteration,
-                "world_size": dist_info.world_size,
-                "msnewlesion_version": __version__,
-            }
-            _save_checkpoint(run_dir, network, model_config, state)
+            save_checkpoint(run_dir, network, model_config, optimisation.state(iteration, dist_info.world_size))
         seconds = time.perf_counter() - clock
         clock = time.perf_counter()
         if dist_info.main:
-            row = {
-                "iteration": iteration,
-                "loss": loss,
-                "all_lesion_loss": terms.all_lesion,
-                "new_lesion_loss": terms.new_lesion,
-                "relation_loss": terms.relation,
-                "relation_weight": terms.relation_weight,
-                "lr": lr,
-                "seconds": round(seconds, 4),
-                **(metrics or {}),
-            }
-            _append_log(run_dir / "log.csv", row)
-            if writer is not None:
-                writer.add_scalar("loss/total", loss, iteration)
-                writer.add_scalar("loss/all_lesion", terms.all_lesion, iteration)
-                writer.add_scalar("loss/new_lesion", terms.new_lesion, iteration)
-                writer.add_scalar("loss/relation", terms.relation, iteration)
-                writer.add_scalar("lr", lr, iteration)
-                for key, value in (metrics or {}).items():
-                    writer.add_scalar(f"validation/{key}", value, iteration)
-            if on_step is not None:
-                on_step(
-                    StepLog(
-                        iteration=iteration,
-                        iterations=config.iterations,
-                        loss=loss,
-                        all_lesion=terms.all_lesion,
-                        new_lesion=terms.new_lesion,
-                        relation=terms.relation,
-                        relation_weight=terms.relation_weight,
-                        lr=lr,
-                        seconds=seconds,
-                        validation=metrics,
-                        checkpoint=saving,
-                    )
-                )
+            step = StepLog(
+                iteration=iteration,
+                iterations=config.iterations,
+                loss=loss,
+                all_lesion=terms.all_lesion,
+                new_lesion=terms.new_lesion,
+                relation=terms.relation,
+                relation_weight=terms.relation_weight,
+                lr=lr,
+                seconds=seconds,
+                validation=metrics,
+                checkpoint=saving,
+            )
+            _report_step(session, writer, step)
         if dist_info.enabled and (saving or iteration % config.val_every == 0):
             dist.barrier()
         last_iteration = iteration
@@ -604,8 +520,16 @@ def _train(
             break
     if writer is not None:
         writer.close()
+    return _finish(session, config, optimisation, last_iteration, started, tensorboard=writer is not None)
 
-    checksums = [_checksum(network)]
+
+def _finish(
+    session: _Session, config: TrainConfig, optimisation: _Optimisation, last_iteration: int, started: float,
+    *, tensorboard: bool,
+) -> TrainResult:  # fmt: skip
+    """Check that every rank holds the same weights, and write ``train_summary.json``."""
+    run_dir, dist_info = session.run_dir, session.dist_info
+    checksums = [_checksum(optimisation.network)]
     if dist_info.enabled:
         gathered: list[str | None] = [None] * dist_info.world_size
         dist.all_gather_object(gathered, checksums[0])
@@ -617,12 +541,13 @@ def _train(
         last=run_dir / "last",
         best=run_dir / "best" if (run_dir / "best" / WEIGHTS_NAME).exists() else None,
         best_metric=config.best_metric,
-        best_value=best_value,
-        best_iteration=best_iteration,
+        best_value=optimisation.best_value,
+        best_iteration=optimisation.best_iteration,
         seconds=time.perf_counter() - started,
         world_size=dist_info.world_size,
         rank_checksums=checksums,
     )
+    autocast_dtype = optimisation.autocast_dtype
     if dist_info.main:
         write_json(
             run_dir / "train_summary.json",
@@ -630,17 +555,17 @@ def _train(
                 "iterations": config.iterations,
                 "iterations_done": last_iteration,
                 "stopped_by_time_limit": last_iteration < config.iterations,
-                "resumed_from": start if resume else None,
+                "resumed_from": optimisation.start if session.resume else None,
                 "best_metric": config.best_metric,
-                "best_value": best_value,
-                "best_iteration": best_iteration,
+                "best_value": optimisation.best_value,
+                "best_iteration": optimisation.best_iteration,
                 "seconds_this_session": round(result.seconds, 2),
                 "world_size": dist_info.world_size,
                 "rank_weight_checksums": checksums,
                 "ranks_in_sync": len(set(checksums)) == 1,
-                "device": str(device),
+                "device": str(session.device),
                 "precision": str(autocast_dtype).replace("torch.", "") if autocast_dtype else "fp32",
-                "tensorboard": writer is not None,
+                "tensorboard": tensorboard,
                 "msnewlesion_version": __version__,
             },
         )

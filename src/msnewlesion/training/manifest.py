@@ -19,6 +19,7 @@ import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -245,7 +246,7 @@ def _problem_list(path: Path, problems: Sequence[str]) -> str:
 
 def _header_geometry(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     with quiet_nibabel():
-        image = nib.load(str(path))
+        image = cast(nib.Nifti1Image, nib.load(str(path)))  # any spatial image has shape and affine
     shape = tuple(int(s) for s in image.shape[:3])
     if len(image.shape) > 3 and any(s != 1 for s in image.shape[3:]):
         raise ValueError(f"has shape {image.shape}; a 3D image is needed")

@@ -1,297 +1,33 @@
-"""Lesions as connected components: labelling, the minimum-size rule, lesion tables and detection.
+"""Lesion-wise detection by the rule of the MSSEG-2016 and MSSEG-2 challenges (Anima's ``animaSegPerfAnalyzer``).
 
-A lesion is a connected component of a binary mask (every voxel with a label above 0 is lesion).
-Components are found with 26-connectivity by default, as the CoactSeg code does; 6-connectivity
-reproduces the MSSEG evaluator (Anima). Lesion ids follow :func:`label_lesions`: 1..n in the order
-in which a raster scan of the array (last axis fastest) first meets each lesion.
-
-Lesion-wise detection follows the rule of the MSSEG-2016 and MSSEG-2 challenges (Anima's
-``animaSegPerfAnalyzer``), see :func:`detect_lesions` and ``docs/metrics.md``.
+See :func:`detect_lesions` and ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage, sparse
+from scipy import sparse
 
 from msnewlesion.errors import InputError
+from msnewlesion.lesions.components import _as_binary_3d, components
 
 __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_BETA",
     "DEFAULT_GAMMA",
-    "DEFAULT_MIN_LESION_VOLUME_MM3",
     "DetectionResult",
     "LesionDetection",
-    "connectivity_structure",
     "detect_lesions",
     "detections_table",
-    "label_lesions",
-    "largest_component",
-    "lesion_table",
-    "min_lesion_voxels",
-    "remove_small_lesions",
 ]
 
-DEFAULT_MIN_LESION_VOLUME_MM3 = 3.0
 DEFAULT_ALPHA = 0.10
 DEFAULT_BETA = 0.70
 DEFAULT_GAMMA = 0.65
-
-LESION_TABLE_COLUMNS = (
-    "id",
-    "voxels",
-    "volume_mm3",
-    "centroid_x_mm",
-    "centroid_y_mm",
-    "centroid_z_mm",
-    "max_probability",
-    "mean_probability",
-)
-
-
-def connectivity_structure(connectivity: int) -> np.ndarray:
-    """The 3×3×3 neighbourhood that makes two voxels of a lesion neighbours.
-
-    Parameters
-    ----------
-    connectivity : {26, 6}
-        26: voxels sharing a face, an edge or a corner are connected; 6: only a face.
-
-    Returns
-    -------
-    ndarray of bool, shape (3, 3, 3)
-
-    Examples
-    --------
-    >>> int(connectivity_structure(26).sum()), int(connectivity_structure(6).sum())
-    (27, 7)
-    """
-    if connectivity == 26:
-        return ndimage.generate_binary_structure(3, 3)
-    if connectivity == 6:
-        return ndimage.generate_binary_structure(3, 1)
-    raise InputError(f"connectivity must be 26 or 6, got {connectivity!r}")
-
-
-def _as_binary_3d(mask: np.ndarray, what: str = "mask") -> np.ndarray:
-    array = np.asarray(mask)
-    if array.ndim != 3:
-        raise InputError(f"the {what} must be a 3D array, got shape {array.shape}")
-    if array.dtype == bool:
-        return array
-    return array > 0
-
-
-def label_lesions(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
-    """Split a mask into lesions (connected components).
-
-    Parameters
-    ----------
-    mask : ndarray, 3D
-        Voxels with a value above 0 are lesion.
-    connectivity : {26, 6}
-        Which neighbours join two voxels into one lesion.
-
-    Returns
-    -------
-    labels : ndarray of int32
-        0 for background, 1..n for the lesions, numbered in raster order (last axis fastest).
-    n : int
-        The number of lesions.
-
-    Examples
-    --------
-    >>> mask = np.zeros((4, 4, 4), bool)
-    >>> mask[0, 0, 0] = mask[1, 1, 1] = True  # touching by a corner only
-    >>> label_lesions(mask, 26)[1], label_lesions(mask, 6)[1]
-    (1, 2)
-    """
-    binary = _as_binary_3d(mask)
-    labels = np.zeros(binary.shape, dtype=np.int32)
-    count = ndimage.label(binary, structure=connectivity_structure(connectivity), output=labels)
-    return labels, int(count)
-
-
-def largest_component(mask: np.ndarray, connectivity: int = 6) -> np.ndarray:
-    """The largest connected component of a mask (all False when the mask is empty).
-
-    Examples
-    --------
-    >>> mask = np.zeros((5, 5, 5), bool); mask[0, 0, 0] = True; mask[2:4, 2:4, 2:4] = True
-    >>> int(largest_component(mask).sum())
-    8
-    """
-    labels, count = label_lesions(mask, connectivity)
-    if count <= 1:
-        return labels > 0
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(sizes.argmax())
-
-
-def min_lesion_voxels(voxel_volume_mm3: float, min_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3) -> int:
-    """The smallest lesion kept, in voxels: ``floor(min_volume / voxel_volume) + 1``.
-
-    This is the MSSEG evaluator's rule: a lesion is kept when its volume is strictly above
-    ``min_volume_mm3``. A tiny tolerance keeps exact ratios exact despite floating point
-    (3 mm³ on a 0.1 mm isotropic grid is 3000 voxels, so 3001 are needed).
-
-    Parameters
-    ----------
-    voxel_volume_mm3 : float
-        Volume of one voxel.
-    min_volume_mm3 : float
-        Lesions of this volume or less are dropped; 0 keeps every lesion.
-
-    Returns
-    -------
-    int
-
-    Examples
-    --------
-    >>> min_lesion_voxels(0.5 * 0.75 * 0.75)
-    11
-    >>> min_lesion_voxels(1.0)
-    4
-    """
-    if not voxel_volume_mm3 > 0 or not math.isfinite(voxel_volume_mm3):
-        raise InputError(f"the voxel volume must be a positive number, got {voxel_volume_mm3!r}")
-    if not min_volume_mm3 >= 0 or not math.isfinite(min_volume_mm3):
-        raise InputError(f"the minimum lesion volume must be 0 or more mm³, got {min_volume_mm3!r}")
-    ratio = min_volume_mm3 / voxel_volume_mm3
-    return math.floor(ratio + 1e-9 * max(1.0, ratio)) + 1
-
-
-def _keep_large(labels: np.ndarray, count: int, min_voxels: int) -> tuple[np.ndarray, int, np.ndarray]:
-    """Drop components under ``min_voxels`` and renumber the others 1..m in their original order."""
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    kept = sizes >= max(min_voxels, 1)
-    kept[0] = False
-    if kept[1:].all():
-        return labels, count, sizes[1:]
-    new_ids = np.zeros(count + 1, dtype=np.int32)
-    new_ids[kept] = np.arange(1, int(kept.sum()) + 1, dtype=np.int32)
-    return new_ids[labels], int(kept.sum()), sizes[kept]
-
-
-def remove_small_lesions(mask: np.ndarray, min_voxels: int, connectivity: int = 26) -> np.ndarray:
-    """The mask without its lesions of fewer than ``min_voxels`` voxels.
-
-    Parameters
-    ----------
-    mask : ndarray, 3D
-        Voxels with a value above 0 are lesion.
-    min_voxels : int
-        The smallest lesion kept (see :func:`min_lesion_voxels`).
-    connectivity : {26, 6}
-
-    Returns
-    -------
-    ndarray of bool
-
-    Examples
-    --------
-    >>> mask = np.zeros((20, 3, 3), bool)
-    >>> mask[0:10, 0, 0] = True  # 10 voxels
-    >>> mask[0:11, 2, 2] = True  # 11 voxels
-    >>> int(remove_small_lesions(mask, min_lesion_voxels(0.5 * 0.75 * 0.75)).sum())
-    11
-    """
-    labels, count = label_lesions(mask, connectivity)
-    kept_labels, _, _ = _keep_large(labels, count, min_voxels)
-    return kept_labels > 0
-
-
-def lesion_table(
-    mask: np.ndarray,
-    affine: np.ndarray,
-    probability: np.ndarray | None = None,
-    connectivity: int = 26,
-) -> pd.DataFrame:
-    """One row per lesion: size, volume, centre in scanner coordinates and probabilities.
-
-    Parameters
-    ----------
-    mask : ndarray, 3D
-        Voxels with a value above 0 are lesion.
-    affine : ndarray, 4×4
-        Voxel indices to scanner coordinates in mm.
-    probability : ndarray, optional
-        A lesion probability map on the same grid; without one the probability columns are NaN.
-    connectivity : {26, 6}
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``id, voxels, volume_mm3, centroid_x_mm, centroid_y_mm, centroid_z_mm,
-        max_probability, mean_probability``, ordered by ``id`` (the ids of :func:`label_lesions`).
-
-    Examples
-    --------
-    >>> mask = np.zeros((8, 8, 8), bool)
-    >>> mask[2:4, 2:4, 2:4] = True
-    >>> table = lesion_table(mask, np.diag([2.0, 1.0, 1.0, 1.0]))
-    >>> table[["id", "voxels", "volume_mm3", "centroid_x_mm"]].to_dict("records")
-    [{'id': 1, 'voxels': 8, 'volume_mm3': 16.0, 'centroid_x_mm': 5.0}]
-    """
-    labels, count = label_lesions(mask, connectivity)
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4):
-        raise InputError(f"the affine must be 4×4, got shape {affine.shape}")
-    if probability is not None:
-        probability = np.asarray(probability)
-        if probability.shape != labels.shape:
-            raise InputError(f"the probability map has shape {probability.shape} but the mask has shape {labels.shape}")
-    if count == 0:
-        return pd.DataFrame({name: pd.Series(dtype=_column_dtype(name)) for name in LESION_TABLE_COLUMNS})
-
-    voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
-    foreground = np.flatnonzero(labels)
-    ids = labels.ravel()[foreground]
-    coordinates = np.unravel_index(foreground, labels.shape)
-    voxels = np.bincount(ids, minlength=count + 1)[1:]
-    centroid_index = np.stack(
-        [np.bincount(ids, weights=axis, minlength=count + 1)[1:] / voxels for axis in coordinates], axis=1
-    )
-    centroid_mm = centroid_index @ affine[:3, :3].T + affine[:3, 3]
-
-    if probability is None:
-        max_probability = np.full(count, np.nan)
-        mean_probability = np.full(count, np.nan)
-    else:
-        values = probability.ravel()[foreground].astype(np.float64)
-        mean_probability = np.bincount(ids, weights=values, minlength=count + 1)[1:] / voxels
-        max_probability = np.full(count + 1, -np.inf)
-        np.maximum.at(max_probability, ids, values)
-        max_probability = max_probability[1:]
-
-    return pd.DataFrame(
-        {
-            "id": np.arange(1, count + 1, dtype=np.int64),
-            "voxels": voxels.astype(np.int64),
-            "volume_mm3": voxels * voxel_volume,
-            "centroid_x_mm": centroid_mm[:, 0],
-            "centroid_y_mm": centroid_mm[:, 1],
-            "centroid_z_mm": centroid_mm[:, 2],
-            "max_probability": max_probability,
-            "mean_probability": mean_probability,
-        }
-    )
-
-
-def _column_dtype(name: str) -> str:
-    return "int64" if name in ("id", "voxels") else "float64"
-
-
-# ---------------------------------------------------------------------------------------------
-# lesion-wise detection
-
 
 @dataclass(frozen=True)
 class LesionDetection:
@@ -514,8 +250,10 @@ def detect_lesions(
         if not 0.0 <= value <= 1.0:
             raise InputError(f"{name} must lie between 0 and 1, got {value}")
 
-    reference_labels, n_reference, _ = _keep_large(*label_lesions(referenced, connectivity), min_voxels)
-    prediction_labels, n_prediction, _ = _keep_large(*label_lesions(predicted, connectivity), min_voxels)
+    reference_found = components(referenced, connectivity).without_small(min_voxels)
+    prediction_found = components(predicted, connectivity).without_small(min_voxels)
+    reference_labels, n_reference = reference_found.labels, reference_found.count
+    prediction_labels, n_prediction = prediction_found.labels, prediction_found.count
 
     # table[i, j]: voxels in reference lesion i and predicted lesion j; row and column 0 are background.
     # Sparse, because a noisy prediction can hold tens of thousands of lesions.
