@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import os
 import pickle
+import select
 import subprocess
 import sys
 import tempfile
@@ -140,6 +141,7 @@ class _Worker:
             try:
                 pickle.dump(request, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
                 process.stdin.flush()
+                _wait_until_readable(process.stdout)
                 return pickle.load(process.stdout)
             except (EOFError, OSError, pickle.UnpicklingError):
                 code = process.wait()
@@ -148,6 +150,19 @@ class _Worker:
             except BaseException:  # Ctrl-C above all: the registration must stop now, not when it ends
                 self.stop()
                 raise
+
+
+def _wait_until_readable(stream: Any) -> None:
+    """Wait for the worker's answer in slices of 0.2 s.
+
+    A Ctrl-C may be delivered to any thread of this process (PyTorch's and ITK's threads do not block
+    it); Python then runs its handler in the main thread only when that thread next runs bytecode, so a
+    main thread blocked in one long read would notice it only when the registration ends.
+    """
+    if os.name != "posix":
+        return
+    while not select.select([stream], [], [], 0.2)[0]:
+        pass
 
 
 _WORKER = _Worker()
