@@ -296,6 +296,12 @@ def test_reading_a_header_that_nibabel_repairs_prints_nothing_but_our_error(tmp_
 # item 8: an interrupted registration
 
 
+def _interruptible() -> None:
+    # Ctrl-C as a terminal delivers it to a foreground command: an ignored SIGINT is inherited across exec,
+    # and some library imported earlier in the suite leaves this process ignoring it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _registration_run(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path, int]:
     """Start ``preprocess`` on a pair whose Rigid registration takes long; return once antsRegistration runs."""
     rng = np.random.default_rng(0)
@@ -309,6 +315,7 @@ def _registration_run(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path, int
         [sys.executable, "-m", "msnewlesion", "preprocess", str(baseline), str(followup), "-o", str(output),
          "--skull-strip", "none", "--no-bias-correction", "--space", "baseline", "--transform", "Rigid", "-q"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        preexec_fn=_interruptible,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     worker = None
