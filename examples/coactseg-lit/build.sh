@@ -46,18 +46,22 @@ scan="$DATA/cross_sectional/patient07"
 # subtle to bright; no extra noise (the acquisition adds Rician noise)
 common=(--acquisition --max-rotation 2 --max-translation 1.5 --noise 0 --quiet)
 
-if stage 1; then
-    stamp "1/5 synthetic pairs: $PAIRS with new lesions, $NULL_PAIRS null, $VAL_PAIRS + 2 for validation"
-    pids=()
-    chunk=$(( (PAIRS + JOBS - 1) / JOBS ))
-    for (( first = 0; first < PAIRS; first += chunk )); do
-        count=$(( PAIRS - first < chunk ? PAIRS - first : chunk ))
-        $MSNEWLESION synth "$scan/flair.nii.gz" "$scan/lesions.nii.gz" "${library[@]}" -o "$WORK/synth/chunk$first" \
-            --subject train --start "$first" --pairs "$count" --seed 2000 --mode both --removed 4 --added 4 \
-            --contrast 1.4 --contrast-spread 0.2 "${common[@]}" > /dev/null &
+synth_in_chunks() {  # folder prefix, subject, number of pairs, seed, synth flags: JOBS runs side by side
+    local prefix=$1 subject=$2 total=$3 seed=$4 first count pids=()
+    local chunk=$(( (total + JOBS - 1) / JOBS ))
+    for (( first = 0; first < total; first += chunk )); do
+        count=$(( total - first < chunk ? total - first : chunk ))
+        $MSNEWLESION synth "$scan/flair.nii.gz" "$scan/lesions.nii.gz" "${library[@]}" -o "$WORK/synth/$prefix$first" \
+            --subject "$subject" --start "$first" --pairs "$count" --seed "$seed" --mode both "${@:5}" "${common[@]}" \
+            > /dev/null &
         pids+=($!)
     done
     for pid in "${pids[@]}"; do wait "$pid"; done
+}
+
+if stage 1; then
+    stamp "1/5 synthetic pairs: $PAIRS with new lesions, $NULL_PAIRS null, $VAL_PAIRS + 2 for validation"
+    synth_in_chunks chunk train "$PAIRS" 2000 --removed 4 --added 4 --contrast 1.4 --contrast-spread 0.2
     pids=()
     $MSNEWLESION synth "$scan/flair.nii.gz" "$scan/lesions.nii.gz" -o "$WORK/synth/null" --subject null \
         --pairs "$NULL_PAIRS" --seed 3000 --mode none "${common[@]}" > /dev/null &
@@ -69,16 +73,8 @@ if stage 1; then
     $MSNEWLESION synth "$scan/flair.nii.gz" "$scan/lesions.nii.gz" -o "$WORK/synth/val" --subject valnull \
         --split val --pairs 2 --seed 7000 --mode none "${common[@]}" > /dev/null
     # enlarging lesions (a lesion at both time points that grows) and subtler contrasts, as real change masks hold
-    pids=()
-    chunk=$(( (GROW_PAIRS + JOBS - 1) / JOBS ))
-    for (( first = 0; first < GROW_PAIRS; first += chunk )); do
-        count=$(( GROW_PAIRS - first < chunk ? GROW_PAIRS - first : chunk ))
-        $MSNEWLESION synth "$scan/flair.nii.gz" "$scan/lesions.nii.gz" "${library[@]}" -o "$WORK/synth/grow$first" \
-            --subject grow --start "$first" --pairs "$count" --seed 4000 --mode both --removed 2 --added 2 \
-            --enlarged 3 --contrast 1.35 --contrast-spread 0.25 "${common[@]}" > /dev/null &
-        pids+=($!)
-    done
-    for pid in "${pids[@]}"; do wait "$pid"; done
+    synth_in_chunks grow grow "$GROW_PAIRS" 4000 --removed 2 --added 2 --enlarged 3 --contrast 1.35 \
+        --contrast-spread 0.25
     $MSNEWLESION synth "$scan/flair.nii.gz" "$scan/lesions.nii.gz" "${library[@]}" -o "$WORK/synth/val" \
         --subject valgrow --split val --pairs 2 --seed 8000 --mode both --removed 1 --added 1 --enlarged 3 \
         --contrast 1.35 --contrast-spread 0.25 "${common[@]}" > /dev/null

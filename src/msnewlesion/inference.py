@@ -74,8 +74,8 @@ class SlidingWindowOptions:
         older ones; on CPUs, bf16 where they have native bf16 instructions, else fp32. The same for both
         engines.
     engine : {"auto", "torch", "openvino"}
-        What runs the forward pass (:mod:`msnewlesion.engines`): ``auto`` is OpenVINO on the CPU when it
-        is installed, PyTorch elsewhere. Only the forward pass changes; tiling, blending, mirroring and
+        What runs the forward pass (:mod:`msnewlesion.engines`): ``auto`` is the engine measured fastest,
+        PyTorch; ``openvino`` runs on the CPU. Only the forward pass changes; tiling, blending, mirroring and
         window skipping are the same.
     """
 

@@ -109,7 +109,7 @@ class PredictOptions:
         Sliding-window settings (see :class:`~msnewlesion.inference.SlidingWindowOptions`).
     engine : {"auto", "torch", "openvino"}
         What runs the networks' forward passes, the lesion network's and the skull stripping's
-        (:mod:`msnewlesion.engines`): ``auto`` is OpenVINO on the CPU when installed, PyTorch elsewhere.
+        (:mod:`msnewlesion.engines`): ``auto`` is the engine measured fastest (PyTorch).
     paper_mode : bool
         The published inference: 80³ windows, stride 20, plain mean, fp32, threshold 0.5, no lesion
         size filter, and the follow-up all-lesion map from a second pass on (follow-up, follow-up, 0).
