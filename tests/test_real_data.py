@@ -50,8 +50,7 @@ def test_expert_mask_stored_as_floats_reads_as_a_binary_mask() -> None:
 def test_float_expert_mask_is_a_single_time_point_training_sample(tmp_path: Path) -> None:
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(
-        "subject,kind,baseline,followup,label,brain_mask,split\n"
-        f"p39,single,{MSLESSEG_FLAIR},,{MSLESSEG_MASK},,train\n"
+        f"subject,kind,baseline,followup,label,brain_mask,split\np39,single,{MSLESSEG_FLAIR},,{MSLESSEG_MASK},,train\n"
     )
     (row,) = read_manifest(manifest).rows
     sample = load_sample(row, patch_size=64)

@@ -82,8 +82,8 @@ synth_scan() {  # name, role, seed: the synthetic pairs made from one real scan
     [ "$role" = val ] && split=val && pairs=2 && grow=1 && null=1
     if [[ $name == tabriz-* ]]; then
         # a native-space scan: the library's MNI lesion shapes do not share its grid, so its new lesions are its
-        # own real lesions, in-painted away at baseline
-        added=0; removed=5
+        # own real lesions, in-painted away at baseline (and no enlarging ones: synth grows library lesions)
+        added=0; removed=5; grow=0
     elif [ "$role" = val ]; then library=("${library_val[@]}")
     else library=("${library_train[@]}")
     fi
@@ -116,15 +116,18 @@ if stage 2; then
 fi
 
 if stage 3; then
-    stamp "3/5 preprocessing: 1 mm RAS, z-score in the brain, the three labels carried"
+    # the new lesions that a pair's simulated acquisitions erased (no measurable brightening at the follow-up)
+    # are dropped from its labels: they would teach the network to call lesions it cannot see
+    stamp "3/5 labels of erased lesions dropped; preprocessing: 1 mm RAS, z-score in the brain, the three labels"
+    $PYTHON "$here/drop_invisible.py" "$WORK"/synth/*/*-synth*/
     preprocess_one() {
         pair="$1"; out="$2"
         [ -f "$out/preprocess.json" ] && return 0
         $MSNEWLESION preprocess "$pair/baseline.nii.gz" "$pair/followup.nii.gz" -o "$out" --space none \
             --skull-strip none --no-bias-correction \
-            --followup-label "new_lesions=$pair/new_lesions.nii.gz" \
+            --followup-label "new_lesions=$pair/new_lesions_visible.nii.gz" \
             --baseline-label "lesions_baseline=$pair/lesions_baseline.nii.gz" \
-            --followup-label "lesions_followup=$pair/lesions_followup.nii.gz" --overwrite --quiet > /dev/null
+            --followup-label "lesions_followup=$pair/lesions_followup_visible.nii.gz" --overwrite --quiet > /dev/null
     }
     preprocess_single() {
         scan="$1"; out="$2"
