@@ -119,9 +119,6 @@ class Grid:
         shape = (int(stop[0] - start[0]), int(stop[1] - start[1]), int(stop[2] - start[2]))
         return Grid(shape, self.affine @ shift)
 
-    def same_as(self, other: Grid, *, atol: float = 1e-4) -> bool:
-        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol, rtol=0))
-
     def to_dict(self) -> dict:
         return {"shape": list(self.shape), "affine": self.affine.round(6).tolist(), "spacing_mm": list(self.spacing)}
 
