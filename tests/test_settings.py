@@ -31,6 +31,7 @@ COMMANDS = {
     "demo": ["demo", "-o", "{out}"],
     "evaluate": ["evaluate", "{a}", "{b}"],
     "synth": ["synth", "{a}", "{b}", "-o", "{out}"],
+    "models add": ["models", "add", "x", "{a}"],
 }
 DEVICES = tuple(d for d in settings.DEVICES)
 PREDICT_CHOICES = {
@@ -83,6 +84,15 @@ BAD_VALUES = [
     ("train", ["--patch-size", "40"], "--patch-size", "not a multiple of 16"),
     ("train", ["--lr", "0"], "--lr", "not in (0, inf]"),
     ("train", ["--init-from", "./no-such-model"], "--init-from", "does not exist"),
+    ("models add", ["--sha256", "abc"], "--sha256", "not a SHA-256 checksum"),
+]
+
+#: Values only the core's options can judge (they depend on each other): refused when the options are built,
+#: before any input is read, with the same exit code, as a one-line error.
+CORE_REFUSALS = [
+    ("synth", ["--contrast", "0.8"], "contrast − contrast_spread must exceed 1"),
+    ("synth", ["--min-volume", "50", "--max-volume", "20"], "is below min_lesion_volume_mm3"),
+    ("synth", ["--acquisition", "--two-d-fraction", "1.5"], "invalid acquisition options"),
 ]
 
 
@@ -141,6 +151,17 @@ def test_other_bad_option_values_exit_2_before_any_work(
     assert code == 2, message
     assert seconds < 2.0
     assert f"Invalid value for '{flag}'" in message and says in message
+    assert not Path(pipes["out"]).exists()
+
+
+@pytest.mark.parametrize(("command", "options", "says"), CORE_REFUSALS, ids=[" ".join(o) for _, o, _ in CORE_REFUSALS])
+def test_settings_that_cannot_work_together_exit_2_before_any_work(
+    command: str, options: list[str], says: str, pipes: dict[str, str]
+) -> None:
+    code, message, seconds = _refusal(command, options, pipes)
+    assert code == 2, message
+    assert seconds < 2.0
+    assert message.startswith("error: ") and says in message
     assert not Path(pipes["out"]).exists()
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "InputError",
     "ModelError",
     "MsNewLesionError",
+    "OptionError",
     "OutputExistsError",
     "OutputInUseError",
     "parameter",
@@ -68,6 +69,13 @@ class MsNewLesionError(Exception):
 
 class InputError(MsNewLesionError):
     """An input file or argument is missing, unreadable or inconsistent."""
+
+
+class OptionError(InputError):
+    """A setting has a value it cannot take: refused when the options are built, before any work.
+
+    The command line exits with code 2 for it, as for a bad flag value it refuses while parsing.
+    """
 
 
 class GeometryError(InputError):

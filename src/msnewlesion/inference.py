@@ -22,7 +22,7 @@ from torch import nn
 
 from msnewlesion.device import resolve_precision
 from msnewlesion.engines import BatchRunner, openvino_runner, resolve_engine, torch_runner
-from msnewlesion.errors import InputError
+from msnewlesion.errors import InputError, OptionError
 from msnewlesion.model.network import CoactSeg, fold_batch_norm, lesion_probabilities
 from msnewlesion.progress import ProgressCallback, report
 from msnewlesion.settings import ENGINES, PRECISIONS, choice_problem
@@ -93,21 +93,21 @@ class SlidingWindowOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
-            raise InputError(f"patch size must be 3 positive integers, got {self.patch_size}")
+            raise OptionError(f"patch size must be 3 positive integers, got {self.patch_size}")
         if not 0.0 <= self.overlap < 1.0:
-            raise InputError(f"overlap must be in [0, 1), got {self.overlap}")
+            raise OptionError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.step is not None and self.step < 1:
-            raise InputError(f"step must be a positive number of voxels, got {self.step}")
+            raise OptionError(f"step must be a positive number of voxels, got {self.step}")
         if self.blending not in BLENDINGS:
-            raise InputError(f"blending must be one of {', '.join(BLENDINGS)}, got {self.blending!r}")
+            raise OptionError(f"blending must be one of {', '.join(BLENDINGS)}, got {self.blending!r}")
         if self.placement not in ("even", "reference"):
-            raise InputError(f"placement must be 'even' or 'reference', got {self.placement!r}")
+            raise OptionError(f"placement must be 'even' or 'reference', got {self.placement!r}")
         if self.batch_size < 1:
-            raise InputError(f"batch size must be at least 1, got {self.batch_size}")
+            raise OptionError(f"batch size must be at least 1, got {self.batch_size}")
         for problem in (choice_problem("precision", self.precision, PRECISIONS),
                         choice_problem("engine", self.engine, ENGINES)):  # fmt: skip
             if problem is not None:
-                raise InputError(problem)
+                raise OptionError(problem)
 
     def steps(self) -> tuple[int, int, int]:
         if self.step is not None:

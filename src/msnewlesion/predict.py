@@ -30,7 +30,7 @@ from msnewlesion.domain import (
     registration_warnings,
 )
 from msnewlesion.engines import resolve_engine
-from msnewlesion.errors import InputError, parameter
+from msnewlesion.errors import OptionError, parameter
 from msnewlesion.inference import HeadProbabilities, SlidingWindowOptions, sliding_window_predict
 from msnewlesion.io import Volume, check_outputs_free, load_volume, save_volume, staged_outputs, write_json, write_text
 from msnewlesion.lesions import Components, components, lesion_table, min_lesion_voxels, remove_small_lesions
@@ -179,13 +179,13 @@ class PredictOptions:
         if self.batch_size < 1:
             problems.append(f"batch_size must be at least 1, got {self.batch_size}")
         if problems:
-            raise InputError("invalid prediction options: " + "; ".join(problems))
+            raise OptionError("invalid prediction options: " + "; ".join(problems))
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            raise InputError(f"{parameter('threshold')} must be between 0 and 1, got {self.threshold}")
+            raise OptionError(f"{parameter('threshold')} must be between 0 and 1, got {self.threshold}")
         if self.min_lesion_volume < 0:
-            raise InputError(f"{parameter('min_lesion_volume')} must be ≥ 0 mm³, got {self.min_lesion_volume}")
+            raise OptionError(f"{parameter('min_lesion_volume')} must be ≥ 0 mm³, got {self.min_lesion_volume}")
         if self.min_brightening is not None and not np.isfinite(self.min_brightening):
-            raise InputError(f"{parameter('min_brightening')} must be a finite number, got {self.min_brightening}")
+            raise OptionError(f"{parameter('min_brightening')} must be a finite number, got {self.min_brightening}")
 
     def preprocess_options(self, config: ModelConfig) -> PreprocessOptions:
         overrides: dict[str, Any] = {"device": self.device, "engine": self.engine}

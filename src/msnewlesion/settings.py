@@ -108,12 +108,12 @@ def choice_problem(name: str, value: object, allowed: Collection[object]) -> str
 
 
 def check_choice(name: str, value: object, allowed: Collection[object]) -> None:
-    """Raise :class:`~msnewlesion.errors.InputError` naming ``name`` and the allowed values unless ``value`` is one."""
+    """Raise :class:`~msnewlesion.errors.OptionError` naming ``name`` and the allowed values unless ``value`` is one."""
     problem = choice_problem(name, value, allowed)
     if problem is not None:
-        from msnewlesion.errors import InputError
+        from msnewlesion.errors import OptionError
 
-        raise InputError(problem)
+        raise OptionError(problem)
 
 
 def device_problem(value: str, name: str = "device") -> str | None:
@@ -135,9 +135,9 @@ def device_problem(value: str, name: str = "device") -> str | None:
 
 
 def check_device(value: str, name: str = "device") -> None:
-    """Raise :class:`~msnewlesion.errors.InputError` unless ``value`` names a device (see :func:`device_problem`)."""
+    """Raise :class:`~msnewlesion.errors.OptionError` unless ``value`` names a device (see :func:`device_problem`)."""
     problem = device_problem(value, name)
     if problem is not None:
-        from msnewlesion.errors import InputError
+        from msnewlesion.errors import OptionError
 
-        raise InputError(problem)
+        raise OptionError(problem)

@@ -28,7 +28,7 @@ from typer import rich_utils as typer_rich_utils
 from typer.core import TyperArgument, TyperCommand
 from typer.models import OptionInfo
 
-from msnewlesion.errors import NO_VALUE, MsNewLesionError, spelling_parameters
+from msnewlesion.errors import NO_VALUE, MsNewLesionError, OptionError, spelling_parameters
 from msnewlesion.settings import DEVICES, device_problem
 
 # Results go to stdout (so --json can be piped); messages and progress go to stderr.
@@ -148,7 +148,7 @@ def flag_spelling(flags: Flags) -> Callable[[str, object], str]:
 
 
 def cli_errors(func: F) -> F:
-    """Turn user-facing errors into a one-line message and exit code 1 (130 on Ctrl-C).
+    """Turn user-facing errors into a one-line message and exit code 1 (2 for a setting, 130 on Ctrl-C).
 
     While the command runs, core messages name settings by the command's options (``--overwrite``),
     not by the Python parameters a library caller sees.
@@ -160,6 +160,8 @@ def cli_errors(func: F) -> F:
         try:
             with spelling_parameters(spell):
                 return func(*args, **kwargs)
+        except OptionError as error:  # a setting that cannot work: exit 2, as for a flag refused while parsing
+            raise fail(str(error), 2) from None
         except MsNewLesionError as error:
             raise fail(str(error)) from None
         except KeyboardInterrupt:
@@ -198,11 +200,11 @@ class Command(TyperCommand):
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         table = typer_rich_utils.Table
-        typer_rich_utils.Table = _WholeNamesTable  # typer builds its tables by this module-level name
+        typer_rich_utils.Table = _WholeNamesTable  # type: ignore[misc]  # typer builds its tables by this name
         try:
             super().format_help(ctx, formatter)
         finally:
-            typer_rich_utils.Table = table
+            typer_rich_utils.Table = table  # type: ignore[misc]
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from msnewlesion.errors import InputError
+from msnewlesion.errors import InputError, OptionError
 from msnewlesion.preprocess.geometry import (
     check_orientation,
 )
@@ -134,7 +134,7 @@ class PreprocessOptions:
         if not -1 <= self.min_registration_correlation < 1:
             problems.append(f"min_registration_correlation must be in [-1, 1), got {self.min_registration_correlation}")
         if problems:
-            raise InputError("invalid preprocessing options: " + "; ".join(problems))
+            raise OptionError("invalid preprocessing options: " + "; ".join(problems))
 
     @classmethod
     def for_model(cls, config: ModelConfig, **overrides: Any) -> PreprocessOptions:
