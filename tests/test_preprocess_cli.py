@@ -125,3 +125,14 @@ def test_help_names_every_switch_and_the_default_transform(runner: CliRunner) ->
     assert f"{DEFAULT_TRANSFORM} (default)" in result.output
     assert "Example" in result.output
     assert "preprocess" in runner.invoke(app, ["--help"]).output
+
+
+def test_model_is_resolved_as_predict_resolves_it(runner: CliRunner, scans, tmp_path) -> None:
+    # A registry name (it was taken for a folder and refused); options given explicitly still win.
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["preprocess", *map(str, scans), "-o", str(out), "--model", "demo", "--spacing", "3", "3", "3", *FAST]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "preprocess.json").read_text())
+    assert record["common_grid"]["spacing_mm"] == [3.0, 3.0, 3.0] and record["options"]["crop_margin"] == 15
