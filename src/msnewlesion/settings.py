@@ -37,6 +37,7 @@ __all__ = [
     "check_device",
     "choice_problem",
     "device_problem",
+    "orientation_problem",
 ]
 
 # --- Preprocessing ---------------------------------------------------------------------------------------
@@ -132,6 +133,23 @@ def device_problem(value: str, name: str = "device") -> str | None:
     if (normalized in DEVICES and normalized != "cuda:N".lower()) or _CUDA_INDEX.fullmatch(normalized):
         return None
     return choice_problem(name, value, DEVICES)
+
+
+def orientation_problem(codes: str) -> str | None:
+    """The message that refuses axis codes, or None for one of R/L, one of A/P and one of S/I in any order.
+
+    Examples
+    --------
+    >>> orientation_problem("lps") is None
+    True
+    >>> orientation_problem("RAA")
+    "orientation 'RAA' is not three axis codes with one of R/L, A/P and S/I (for example RAS or LPS)"
+    """
+    upper = str(codes).upper()
+    opposite = {"L": "R", "P": "A", "I": "S"}
+    if len(upper) == 3 and {opposite.get(c, c) for c in upper} == {"R", "A", "S"}:
+        return None
+    return f"orientation {codes!r} is not three axis codes with one of R/L, A/P and S/I (for example RAS or LPS)"
 
 
 def check_device(value: str, name: str = "device") -> None:

@@ -27,6 +27,7 @@ from msnewlesion.settings import (
     INTENSITY_NORMALIZATIONS,
     REGISTRATION_SPACES,
     TRANSFORMS,
+    orientation_problem,
 )
 
 if TYPE_CHECKING:
@@ -53,13 +54,10 @@ def _spacing_value(value: Optional[tuple[float, float, float]]) -> Optional[tupl
 
 
 def _orientation_value(value: Optional[str]) -> Optional[str]:
-    from msnewlesion.errors import InputError
-    from msnewlesion.preprocess.geometry import check_orientation
-
-    try:
-        return None if value is None else check_orientation(value)
-    except InputError as error:
-        raise typer.BadParameter(str(error)) from None
+    problem = None if value is None else orientation_problem(value)
+    if problem is not None:
+        raise typer.BadParameter(problem)
+    return value
 
 
 def _summary(pair, output: Path, seconds: float) -> str:

@@ -16,6 +16,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from msnewlesion.errors import GeometryError, InputError
+from msnewlesion.settings import orientation_problem
 
 __all__ = [
     "INTERPOLATION_ORDERS",
@@ -46,7 +47,6 @@ _AXIS_UNIT = {
     "S": (0.0, 0.0, 1.0),
     "I": (0.0, 0.0, -1.0),
 }
-_OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
 
 # A grid larger than this (about 1 GB per float32 image) is a mistake in the spacing, not a brain.
 _MAX_VOXELS = 256 * 1024 * 1024
@@ -65,13 +65,10 @@ def check_orientation(codes: str) -> str:
     >>> check_orientation("ras")
     'RAS'
     """
-    upper = str(codes).upper()
-    axes = {c if c in "RAS" else _OPPOSITE.get(c, "?") for c in upper}
-    if len(upper) != 3 or set(upper) - set(_AXIS_UNIT) or axes != {"R", "A", "S"}:
-        raise InputError(
-            f"orientation {codes!r} is not three axis codes with one of R/L, A/P and S/I (for example RAS or LPS)"
-        )
-    return upper
+    problem = orientation_problem(codes)
+    if problem is not None:
+        raise InputError(problem)
+    return str(codes).upper()
 
 
 def axis_directions(codes: str) -> np.ndarray:
