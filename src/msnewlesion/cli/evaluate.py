@@ -2,7 +2,6 @@
 
 import json
 import math
-from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,18 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from msnewlesion.cli.common import cli_errors, console, err_console, fail, flags_of, progress_bars, warn, with_flags
+from msnewlesion.cli.common import choice, cli_errors, console, err_console, fail, progress_bars, warn
 from msnewlesion.errors import InputError
-
-
-class Units(str, Enum):
-    mm = "mm"
-    voxel = "voxel"
-
-
-class Connectivity(str, Enum):
-    twenty_six = "26"
-    six = "6"
+from msnewlesion.settings import CONNECTIVITIES, DISTANCE_UNITS
 
 
 @cli_errors
@@ -51,14 +41,18 @@ def evaluate(
     min_lesion_voxels: Optional[int] = typer.Option(
         None, "--min-lesion-voxels", min=0, help="The same rule in voxels: lesions of fewer voxels are left out."
     ),
-    connectivity: Connectivity = typer.Option(
-        Connectivity.twenty_six,
+    connectivity: str = typer.Option(
+        "26",
         "--connectivity",
+        **choice(CONNECTIVITIES),
         help="Voxels touching by a face, edge or corner (26, as in the CoactSeg paper) or by a face only "
         "(6, as in the MSSEG evaluator Anima) belong to one lesion.",
     ),
-    units: Units = typer.Option(
-        Units.mm, "--units", help="Distances in mm (using the image spacing) or in voxels (as the paper reported)."
+    units: str = typer.Option(
+        "mm",
+        "--units",
+        **choice(DISTANCE_UNITS),
+        help="Distances in mm (using the image spacing) or in voxels (as the paper reported).",
     ),
     threshold: Optional[float] = typer.Option(
         None,
@@ -120,8 +114,8 @@ def evaluate(
     options = EvaluationOptions(
         min_lesion_volume_mm3=min_lesion_volume,
         min_lesion_voxels=min_lesion_voxels,
-        connectivity=int(connectivity.value),
-        units=units.value,
+        connectivity=int(connectivity),
+        units=units,
         threshold=threshold,
     )
     single = prediction is not None or reference is not None
@@ -155,9 +149,8 @@ def evaluate(
     with progress_bars(enabled=not quiet and len(case_pairs) > 1) as progress:
         results, evaluation_failures = evaluate_pairs(case_pairs, options, progress=progress)
     failures.extend(evaluation_failures)
-    flags = flags_of(evaluate)
     if single and failures:
-        raise fail(with_flags(failures[0].error, flags))
+        raise fail(failures[0].error)
 
     if output is not None:
         write_results_csv(output, results, failures)
@@ -167,14 +160,13 @@ def evaluate(
         typer.echo(json.dumps(results_payload(results, failures), indent=2, ensure_ascii=False, allow_nan=False))
     if not quiet:
         screen = err_console if json_output else console
-        _print_table(screen, results, summarise(results), units.value)
+        _print_table(screen, results, summarise(results), units)
         for written, what in ((output, "results"), (lesions_csv, "per-lesion results")):
             if written is not None:
                 err_console.print(f"{what} written to {escape(str(written))}", highlight=False)
 
     for failure in failures:
-        message = with_flags(failure.error, flags)
-        err_console.print(f"[bold red]error:[/] {escape(failure.case)}: {escape(message)}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(failure.case)}: {escape(failure.error)}", soft_wrap=True)
     if failures:
         total = len(results) + len(failures)
         raise fail(f"{len(failures)} of {total} cases could not be evaluated (see above)")
