@@ -341,6 +341,7 @@ def _input_warnings(
         model_name,
     )
     warnings += registration_warnings(pair.record.get("registration", {}))
+    warnings += pair.record.get("warnings", [])
     return warnings
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import re
+import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -89,21 +92,69 @@ def with_flags(message: str, flags: Flags) -> str:
     return _PARAMETER.sub(flag, message)
 
 
-def cli_errors(func: F) -> F:
-    """Turn user-facing errors into a one-line message and exit code 1 (130 on Ctrl-C).
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: stop as Ctrl-C does (a KeyboardInterrupt, so every cleanup runs)."""
 
-    The message names the command's options where the core's names a parameter.
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+#: What SLURM, ``timeout`` and ``docker stop`` (SIGTERM) and a closed terminal (SIGHUP) send.
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _raise_terminated(signal_number: int, frame: Any) -> None:
+    raise Terminated(signal_number)
+
+
+@contextmanager
+def _stop_signals_as_interrupts() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP raise :class:`Terminated` (Python would die without cleanup)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, _raise_terminated) for number in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _os_error_message(error: OSError) -> str:
+    """One line for an error of the operating system (a full disk, a folder gone, no permission)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    where = f" {error.filename}" if error.filename else ""
+    advice = "; free space there or choose another output folder" if error.errno == errno.ENOSPC else ""
+    return f"could not read or write{where}: {reason}{advice}; unfinished outputs were removed"
+
+
+def cli_errors(func: F) -> F:
+    """Turn user-facing errors into a one-line message and exit code 1 (130 on Ctrl-C, 143 on SIGTERM, 129 on SIGHUP).
+
+    The message names the command's options where the core's names a parameter. An error of the
+    operating system (a full disk) is one line too, naming the file.
     """
     flags = flags_of(func)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with _stop_signals_as_interrupts():
+                return func(*args, **kwargs)
         except MsNewLesionError as error:
             raise fail(with_flags(str(error), flags)) from None
+        except Terminated as stop:
+            name = signal.Signals(stop.signal_number).name
+            raise fail(
+                f"terminated ({name}); finished outputs are kept, nothing half-written was left",
+                128 + stop.signal_number,
+            ) from None
         except KeyboardInterrupt:
             raise fail("interrupted; finished outputs are kept, nothing half-written was left", 130) from None
+        except OSError as error:
+            raise fail(_os_error_message(error)) from None
 
     return wrapper  # type: ignore[return-value]
 

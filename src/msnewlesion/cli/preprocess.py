@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from msnewlesion.cli.common import DEVICE_HELP, cli_errors, console, progress_bars
+from msnewlesion.cli.common import DEVICE_HELP, cli_errors, console, progress_bars, warn
 from msnewlesion.cli.predict import ENGINE, SKULL_STRIP, SKULL_STRIP_MODE
 
 
@@ -200,6 +200,8 @@ def preprocess(
             pair = preprocess_pair(baseline, followup, options, progress=progress, scratch_dir=claim.scratch)
             labels = {name: to_common(mask, pair, which, kind="mask") for name, (which, mask) in label_masks.items()}
             written = save_preprocessed(pair, output, overwrite=overwrite, labels=labels)
+    for message in pair.record.get("warnings", []):
+        warn(message)
     if json_output:
         console.print_json(json.dumps({"files": [str(p) for p in written], "record": pair.record}, default=str))
     else:

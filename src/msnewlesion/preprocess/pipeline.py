@@ -35,6 +35,7 @@ from msnewlesion.errors import GeometryError, InputError
 from msnewlesion.io import (
     Volume,
     check_same_grid,
+    header_warnings,
     load_mask,
     load_volume,
 )
@@ -183,6 +184,7 @@ class _Inputs:
     follow: Volume
     user_mask: Volume | None
     skull_strip: str  # what makes the brain mask: "mask" (the user's), "hd-bet", "hd-bet-v1" or "none"
+    already_stripped: dict[str, Any] | None = None  # auto's look at each input, when it chose "none"
 
 
 @dataclass
@@ -212,9 +214,13 @@ def _read_inputs(
     if user_mask is not None:
         skull_strip = "mask"
     else:
-        from msnewlesion.preprocess.skullstrip import resolve_skull_strip
+        from msnewlesion.preprocess.skullstrip import resolve_skull_strip, stripped_inputs
 
         skull_strip = resolve_skull_strip(options.skull_strip)
+        # Stripping a stripped scan again cuts away brain: auto keeps inputs that are stripped already.
+        already_stripped = stripped_inputs(base, follow) if options.skull_strip == "auto" else None
+        if already_stripped is not None:
+            skull_strip = "none"
     if options.registration == "none":
         try:
             check_same_grid(base, follow, what_a="the baseline FLAIR", what_b="the follow-up FLAIR")
@@ -224,7 +230,7 @@ def _read_inputs(
                 "share one grid; let msnewlesion register them instead (space halfway, baseline or followup)."
             ) from None
     report(progress, "read", 2, 2)
-    return _Inputs(base, follow, user_mask, skull_strip)
+    return _Inputs(base, follow, user_mask, skull_strip, already_stripped if user_mask is None else None)
 
 
 def _register(
@@ -335,6 +341,12 @@ def _brain_mask_on(
             brain = resample(base.data != 0, base.affine, full_grid, registration.to_baseline, order=0)
             brain &= resample(follow.data != 0, follow.affine, full_grid, registration.to_followup, order=0)
             record = {"method": "none: inputs already skull-stripped; brain = non-zero in both time points"}
+            if inputs.already_stripped is not None:
+                record = {
+                    "method": "auto: inputs found already skull-stripped, kept as they are; brain = non-zero in "
+                    "both time points",
+                    "already_stripped": inputs.already_stripped,
+                }
         report(progress, "brain mask", 1, 1)
         return brain, None, record
     if inputs.skull_strip == "hd-bet-v1":
@@ -439,6 +451,8 @@ def preprocess_pair(
 
     step = time.perf_counter()
     common = _resample(inputs, registration, full_grid, brain_full, baseline_full, options, progress)
+    warnings = header_warnings(base, _WHAT["baseline"]) + header_warnings(follow, _WHAT["followup"])
+    warnings += _skull_strip_warnings(inputs, brain_full, full_grid, common)
     clock.add(
         "reorient_and_resample",
         step,
@@ -479,6 +493,7 @@ def preprocess_pair(
         grid.affine, 1 if options.registration in ("none", "baseline") else 2, f"msnewlesion {__version__}: {space}"
     )
     record = _record(inputs, options, clock, registration, grid, space, brain, skull_record)
+    record["warnings"] = warnings
     record["seconds_total"] = round(time.perf_counter() - started, 3)
     return PreprocessedPair(
         baseline=Volume(baseline_normalised, grid.affine, header),
@@ -540,6 +555,25 @@ def _resample(
     followup_common = resample(follow.data, follow.affine, grid, registration.to_followup, order=order)
     report(progress, "resampling", 2, 2)
     return _OnCommonGrid(grid, [s.start for s in crop], brain_full[crop], baseline_common, followup_common)
+
+
+def _skull_strip_warnings(inputs: _Inputs, brain_full: np.ndarray, full_grid: Grid, common: _OnCommonGrid) -> list[str]:
+    """Warnings about a brain mask from skull stripping that lost brain or lesion-like voxels."""
+    if inputs.skull_strip not in ("hd-bet", "hd-bet-v1"):
+        return []
+    from msnewlesion.preprocess.skullstrip import brain_mask_warnings, looks_skull_stripped
+
+    base = inputs.base
+    brain_ml = float(np.count_nonzero(brain_full)) * float(abs(np.linalg.det(full_grid.affine[:3, :3]))) / 1000.0
+    spacing = tuple(float(s) for s in np.linalg.norm(common.grid.affine[:3, :3], axis=0))
+    return brain_mask_warnings(
+        looks_skull_stripped(base.data, base.affine),
+        brain_ml,
+        common.baseline,
+        common.brain,
+        spacing,
+        what=f"the baseline FLAIR {base.name}",
+    )
 
 
 def _correct_bias(common: _OnCommonGrid, inputs: _Inputs, progress: ProgressCallback | None) -> dict[str, Any]:
