@@ -6,7 +6,10 @@ import numpy as np
 
 from msnewlesion.errors import InputError
 
-__all__ = ["INTENSITY_NORMALIZATIONS", "check_image_content", "normalize_intensity"]
+__all__ = ["INTENSITY_NORMALIZATIONS", "OUTLIER_SPANS", "check_image_content", "clip_outliers", "normalize_intensity"]
+
+#: Voxels further than this many robust ranges (0.1th to 99.9th percentile) beyond that range are not signal.
+OUTLIER_SPANS = 10.0
 
 #: Same names as :data:`msnewlesion.model.config.INTENSITY_NORMALIZATIONS` (kept here so that
 #: preprocessing does not import torch through the model package).
@@ -99,3 +102,41 @@ def normalize_intensity(
     if method == "zscore-brain":
         normalised[~brain] = 0.0
     return normalised.astype(np.float32), {"mean": mean, "std": std}
+
+
+def clip_outliers(data: np.ndarray, what: str) -> tuple[np.ndarray, str | None]:
+    """Clip the few voxels whose values no scanner measures (1e30 in a scan of 0 to 1000) and say so.
+
+    The limits lie :data:`OUTLIER_SPANS` robust ranges (the 0.1th to the 99.9th percentile) beyond
+    that range, far from any real tissue or lesion; a handful of wild voxels would otherwise
+    dominate the registration's metric, the skull stripping's standardisation and N4.
+
+    Returns
+    -------
+    data : ndarray
+        The image, clipped (the same array when nothing was).
+    warning : str or None
+        How many voxels were clipped to what, naming ``what``.
+
+    Examples
+    --------
+    >>> image = np.linspace(0.0, 100.0, 1000).reshape(10, 10, 10)
+    >>> image[0, 0, :5] = 1e30
+    >>> clipped, warning = clip_outliers(image, "follow-up FLAIR b.nii.gz")
+    >>> float(clipped.max()) < 1100, warning.split(":")[0]
+    (True, 'follow-up FLAIR b.nii.gz holds 5 voxels far outside its intensity range (up to 1e+30)')
+    """
+    low, high = (float(v) for v in np.percentile(data, [0.1, 99.9]))
+    span = max(high - low, abs(high), 1e-6)
+    floor, ceiling = low - OUTLIER_SPANS * span, high + OUTLIER_SPANS * span
+    outside = (data < floor) | (data > ceiling)
+    count = int(np.count_nonzero(outside))
+    if count == 0:
+        return data, None
+    extreme = float(data[outside][np.argmax(np.abs(data[outside]))])
+    warning = (
+        f"{what} holds {count} voxel{'s' if count != 1 else ''} far outside its intensity range (up to {extreme:.3g}; "
+        f"99.9 % of the voxels lie within {low:.4g} to {high:.4g}): clipped to {floor:.4g} to {ceiling:.4g} before "
+        "processing; check the scan for corrupt voxels"
+    )
+    return np.clip(data, floor, ceiling).astype(data.dtype, copy=False), warning

@@ -24,7 +24,7 @@ import datetime as dt
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
@@ -49,7 +49,7 @@ from msnewlesion.preprocess.geometry import (
     resample,
     rotation_angle_degrees,
 )
-from msnewlesion.preprocess.intensity import check_image_content, normalize_intensity
+from msnewlesion.preprocess.intensity import check_image_content, clip_outliers, normalize_intensity
 from msnewlesion.preprocess.options import DEFAULT_TRANSFORM, REGISTRATION_SPACES, PreprocessOptions
 from msnewlesion.preprocess.pair import (
     OUTPUT_NAMES,
@@ -94,11 +94,15 @@ class _StepClock:
         self.steps.append({"step": name, **details, "seconds": round(time.perf_counter() - started, 3)})
 
 
-def _as_volume(source: Volume | str | os.PathLike[str], what: str) -> Volume:
+def _as_volume(source: Volume | str | os.PathLike[str], what: str, warnings: list[str]) -> Volume:
     volume = source if isinstance(source, Volume) else load_volume(source, what=what)
     check_image_content(volume.data, f"{what} {volume.name}")
     if not np.all(np.isfinite(volume.affine)) or abs(np.linalg.det(volume.affine[:3, :3])) < 1e-12:
         raise InputError(f"{what} {volume.name} has a degenerate affine (zero voxel size or non-finite values)")
+    clipped, warning = clip_outliers(volume.data, f"{what} {volume.name}")
+    if warning is not None:
+        warnings.append(warning)
+        volume = volume.with_data(clipped)
     return volume
 
 
@@ -185,6 +189,7 @@ class _Inputs:
     user_mask: Volume | None
     skull_strip: str  # what makes the brain mask: "mask" (the user's), "hd-bet", "hd-bet-v1" or "none"
     already_stripped: dict[str, Any] | None = None  # auto's look at each input, when it chose "none"
+    warnings: list[str] = field(default_factory=list)  # about the inputs (voxels clipped)
 
 
 @dataclass
@@ -202,9 +207,10 @@ def _read_inputs(
 ) -> _Inputs:
     """Read and check everything, and refuse early what would fail late (no HD-BET, a mask on another grid)."""
     report(progress, "read", 0, 2)
-    base = _as_volume(baseline, _WHAT["baseline"])
+    warnings: list[str] = []
+    base = _as_volume(baseline, _WHAT["baseline"], warnings)
     report(progress, "read", 1, 2)
-    follow = _as_volume(followup, _WHAT["followup"])
+    follow = _as_volume(followup, _WHAT["followup"], warnings)
     user_mask = None
     if options.brain_mask is not None:
         user_mask = load_mask(options.brain_mask, what="brain mask")
@@ -230,7 +236,7 @@ def _read_inputs(
                 "share one grid; let msnewlesion register them instead (space halfway, baseline or followup)."
             ) from None
     report(progress, "read", 2, 2)
-    return _Inputs(base, follow, user_mask, skull_strip, already_stripped if user_mask is None else None)
+    return _Inputs(base, follow, user_mask, skull_strip, already_stripped if user_mask is None else None, warnings)
 
 
 def _register(
@@ -451,7 +457,7 @@ def preprocess_pair(
 
     step = time.perf_counter()
     common = _resample(inputs, registration, full_grid, brain_full, baseline_full, options, progress)
-    warnings = header_warnings(base, _WHAT["baseline"]) + header_warnings(follow, _WHAT["followup"])
+    warnings = inputs.warnings + header_warnings(base, _WHAT["baseline"]) + header_warnings(follow, _WHAT["followup"])
     warnings += _skull_strip_warnings(inputs, brain_full, full_grid, common)
     clock.add(
         "reorient_and_resample",
