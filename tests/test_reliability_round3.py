@@ -404,7 +404,12 @@ def test_a_few_voxels_at_1e30_are_clipped_with_a_warning_and_the_pair_still_regi
 def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path: Path, stop: signal.Signals, code: int) -> None:
     from test_reliability import _gone, _registration_run
 
-    process, output, system_tmp, worker = _registration_run(tmp_path)
+    # An ignored signal is inherited across exec (`nohup` ignores SIGHUP), and a run leaves ignored signals ignored.
+    previous = signal.signal(stop, signal.SIG_DFL)
+    try:
+        process, output, system_tmp, worker = _registration_run(tmp_path)
+    finally:
+        signal.signal(stop, previous)
     process.send_signal(stop)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == code, stderr

@@ -114,7 +114,12 @@ def _stop_signals_as_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {number: signal.signal(number, _raise_terminated) for number in _STOP_SIGNALS}
+    # A signal set to be ignored stays ignored: `nohup` ignores SIGHUP so that a run outlives its terminal.
+    previous = {
+        number: signal.signal(number, _raise_terminated)
+        for number in _STOP_SIGNALS
+        if signal.getsignal(number) is signal.SIG_DFL
+    }
     try:
         yield
     finally:
