@@ -231,8 +231,8 @@ def natural_session_order(labels: Sequence[str]) -> tuple[list[str], str] | None
     if len(words) == len(labels) and len(set(words.values())) == len(labels):
         return sorted(labels, key=words.__getitem__), "words"
     first = [label for label in labels if words.get(label, (1, 0))[0] == 0 and not label[-1].isdigit()]
-    rest = [(label, match) for label, match in zip(labels, parts, strict=True) if label not in first]
-    if len(first) > 1 or any(match is None or not match["number"] for _, match in rest):
+    rest = [(label, match) for label, match in zip(labels, parts, strict=True) if label not in first and match]
+    if len(first) > 1 or len(first) + len(rest) < len(labels) or any(not match["number"] for _, match in rest):
         return None
     shapes = {(match["prefix"], match["suffix"]) for _, match in rest}
     numbers = [int(match["number"]) for _, match in rest]

@@ -136,7 +136,7 @@ def read_error_reason(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def _read_nifti(path: Path, what: str) -> nib.Nifti1Image:
+def _read_nifti(path: Path, what: str) -> nib.Nifti1Pair:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} not found: {path}")
@@ -160,14 +160,14 @@ def _read_nifti(path: Path, what: str) -> nib.Nifti1Image:
     return image
 
 
-def _claimed_size(image: nib.Nifti1Image) -> tuple[str, float]:
+def _claimed_size(image: nib.Nifti1Pair) -> tuple[str, float]:
     shape = tuple(int(s) for s in image.shape)
     dtype = np.dtype(image.get_data_dtype())
     claimed = float(np.prod(shape, dtype=np.float64)) * dtype.itemsize
     return f"{'×'.join(map(str, shape))} voxels of {dtype.name} ({_size_text(claimed)})", claimed
 
 
-def _check_claimed_size(image: nib.Nifti1Image, path: Path, what: str) -> None:
+def _check_claimed_size(image: nib.Nifti1Pair, path: Path, what: str) -> None:
     # An uncompressed file shorter than its header says is refused before numpy tries to map it.
     if not path.name.endswith(".nii"):
         return
@@ -180,7 +180,7 @@ def _check_claimed_size(image: nib.Nifti1Image, path: Path, what: str) -> None:
         )
 
 
-def _as_3d(image: nib.Nifti1Image, path: Path, what: str) -> np.ndarray:
+def _as_3d(image: nib.Nifti1Pair, path: Path, what: str) -> np.ndarray:
     _check_claimed_size(image, path, what)
     try:
         data = np.asanyarray(image.dataobj)
@@ -204,7 +204,7 @@ def _as_3d(image: nib.Nifti1Image, path: Path, what: str) -> np.ndarray:
     return data
 
 
-def _check_affine(image: nib.Nifti1Image, path: Path, what: str) -> None:
+def _check_affine(image: nib.Nifti1Pair, path: Path, what: str) -> None:
     affine = image.affine
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(

@@ -339,6 +339,7 @@ def _brain_mask_on(
     base, follow = inputs.base, inputs.follow
     if inputs.skull_strip in ("mask", "none"):
         report(progress, "brain mask", 0, 1)
+        record: dict[str, Any]
         if inputs.user_mask is not None:
             mask = inputs.user_mask
             brain = resample(mask.data, mask.affine, full_grid, registration.to_baseline, order=0)
