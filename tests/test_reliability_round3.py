@@ -29,7 +29,7 @@ from msnewlesion.preprocess import PreprocessOptions, preprocess_pair
 from msnewlesion.preprocess.intensity import clip_outliers
 from msnewlesion.preprocess.skullstrip import brain_mask_warnings, looks_skull_stripped
 from msnewlesion.training import TrainConfig
-from preprocess_helpers import grid_affine, phantom_value, sample
+from preprocess_helpers import brain_value, grid_affine, phantom_value, sample
 
 EXAMPLE = Path(__file__).parents[1] / "src" / "msnewlesion" / "data" / "example"
 
@@ -95,11 +95,14 @@ def test_a_mask_that_cuts_a_brain_sized_input_or_leaves_lesions_outside_is_warne
     assert check.stripped
     kept = brain & (np.indices(shape)[2] < 28)  # the top of the brain cut away
     image_with_lesion = image.copy()
-    image_with_lesion[18:24, 18:24, 28:32] = 400.0  # a bright lesion just above the cut
+    image_with_lesion[18:24, 18:24, 24:32] = 400.0  # a bright lesion the cut went through
+    fat = image.copy()
+    fat[18:24, 18:24, 28:32] = 400.0  # bright, outside the mask, but not inside it: fat, a vessel
     warnings = brain_mask_warnings(check, 0.6 * check.tissue_ml, image_with_lesion, kept, (1.0, 1.0, 1.0))
     assert len(warnings) == 2
     assert "kept" in warnings[0] and "--skull-strip none" in warnings[0]
-    assert "lesion-like" in warnings[1] and "mm³" in warnings[1]
+    assert "lesion-like" in warnings[1] and "continue inside the brain mask" in warnings[1]
+    assert len(brain_mask_warnings(check, 0.6 * check.tissue_ml, fat, kept, (1.0, 1.0, 1.0))) == 1
     # A plausible mask of a brain with its lesions inside says nothing.
     assert brain_mask_warnings(check, check.tissue_ml, image, brain, (1.0, 1.0, 1.0)) == []
 
@@ -392,6 +395,22 @@ def test_a_few_voxels_at_1e30_are_clipped_with_a_warning_and_the_pair_still_regi
     pair = preprocess_pair(Volume(baseline, affine), Volume(followup, shifted), options)
     assert pair.record["registration"]["head_correlation"] > 0.9
     assert any("far outside its intensity range" in w for w in pair.record["warnings"])
+
+
+def test_z_scored_inputs_with_negative_values_register(tmp_path: Path) -> None:
+    """msnewlesion's own preprocessed output fed back in: antsRegistration returned shifts of 10⁹ mm for it."""
+    shape, affine = (48, 56, 44), grid_affine((48, 56, 44), (3.0, 3.0, 3.0))
+
+    def z_scored(grid_affine_: np.ndarray) -> np.ndarray:
+        image, brain = sample(phantom_value, shape, grid_affine_), sample(brain_value, shape, grid_affine_)
+        return np.where(brain, (image - image[brain].mean()) / image[brain].std(), 0.0).astype(np.float32)
+
+    shifted = affine.copy()
+    shifted[:3, 3] += (2.0, -1.0, 1.5)  # another grid over the same head
+    options = PreprocessOptions(skull_strip="none", bias_correction=False, transform="QuickRigid", spacing=(3, 3, 3))
+    pair = preprocess_pair(Volume(z_scored(affine), affine), Volume(z_scored(shifted), shifted), options)
+    assert pair.record["registration"]["displacement_at_baseline_centre_mm"] < 0.5
+    assert pair.record["registration"]["head_correlation"] > 0.85
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,14 @@ import numpy as np
 
 from msnewlesion.errors import InputError
 
-__all__ = ["INTENSITY_NORMALIZATIONS", "OUTLIER_SPANS", "check_image_content", "clip_outliers", "normalize_intensity"]
+__all__ = [
+    "INTENSITY_NORMALIZATIONS",
+    "OUTLIER_SPANS",
+    "check_image_content",
+    "clip_outliers",
+    "normalize_intensity",
+    "registration_intensities",
+]
 
 #: Voxels further than this many robust ranges (0.1th to 99.9th percentile) beyond that range are not signal.
 OUTLIER_SPANS = 10.0
@@ -141,3 +148,20 @@ def clip_outliers(data: np.ndarray, what: str) -> tuple[np.ndarray, str | None]:
         "processing; check the scan for corrupt voxels"
     )
     return np.clip(data, floor, ceiling).astype(data.dtype, copy=False), warning
+
+
+def registration_intensities(data: np.ndarray) -> np.ndarray:
+    """The image rescaled linearly to 0…1, as the registration is given it.
+
+    antsRegistration's QuickRigid returned transforms with a scale of 1.28 and shifts of 10⁹ mm for two
+    z-scored images (negative values; msnewlesion's own preprocessed output, fed back in). Mattes mutual
+    information bins intensities between each image's minimum and maximum, so a linear rescaling leaves
+    it unchanged for every other image.
+
+    Examples
+    --------
+    >>> registration_intensities(np.array([[[-2.0, 0.0, 2.0]]])).tolist()
+    [[[0.0, 0.5, 1.0]]]
+    """
+    low, high = float(data.min()), float(data.max())
+    return ((np.asarray(data, dtype=np.float32) - low) / (high - low if high > low else 1.0)).astype(np.float32)

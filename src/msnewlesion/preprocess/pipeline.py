@@ -49,7 +49,12 @@ from msnewlesion.preprocess.geometry import (
     resample,
     rotation_angle_degrees,
 )
-from msnewlesion.preprocess.intensity import check_image_content, clip_outliers, normalize_intensity
+from msnewlesion.preprocess.intensity import (
+    check_image_content,
+    clip_outliers,
+    normalize_intensity,
+    registration_intensities,
+)
 from msnewlesion.preprocess.options import DEFAULT_TRANSFORM, REGISTRATION_SPACES, PreprocessOptions
 from msnewlesion.preprocess.pair import (
     OUTPUT_NAMES,
@@ -256,9 +261,9 @@ def _register(
         f"registration of the follow-up FLAIR {follow.name} onto the baseline FLAIR {base.name} ({options.transform})"
     )
     followup_from_baseline = register_rigid(
-        base.data,
+        registration_intensities(base.data),
         base.affine,
-        follow.data,
+        registration_intensities(follow.data),
         follow.affine,
         transform=options.transform,
         seed=options.seed,
@@ -303,9 +308,9 @@ def _check_registration(
     inputs: _Inputs, registration: _Registration, full_grid: Grid, options: PreprocessOptions
 ) -> None:
     similarity = _registration_similarity(
-        inputs.base.data,
+        registration_intensities(inputs.base.data),
         inputs.base.affine,
-        inputs.follow.data,
+        registration_intensities(inputs.follow.data),
         inputs.follow.affine,
         registration.to_baseline,
         registration.to_followup,

@@ -544,8 +544,9 @@ def brain_mask_warnings(
     list of str
         One warning when the mask keeps less than :data:`PLAUSIBLE_KEPT_FRACTION` of the tissue of
         a scan whose tissue is brain-sized (a stripped input stripped again), one when bright,
-        lesion-like voxels (above the brain's median by 4 robust standard deviations) add up to
-        :data:`LESION_OUTSIDE_MM3` or more within :data:`LESION_SHELL_MM` outside the mask.
+        lesion-like voxels (above the brain's median by 4 robust standard deviations) that continue
+        across the mask's edge add up to :data:`LESION_OUTSIDE_MM3` or more within
+        :data:`LESION_SHELL_MM` outside the mask.
     """
     from scipy import ndimage
 
@@ -572,13 +573,22 @@ def brain_mask_warnings(
     reach = np.maximum(np.round(LESION_SHELL_MM / voxel_mm).astype(int), 1)
     structure = np.ones(tuple(2 * r + 1 for r in reach), dtype=bool)
     shell = ndimage.binary_dilation(brain, structure=structure) & ~brain
-    bright = shell & (np.asarray(image) > median + 4.0 * spread)
-    bright_mm3 = float(np.count_nonzero(bright)) * float(np.prod(voxel_mm))
-    if bright_mm3 >= LESION_OUTSIDE_MM3:
-        warnings.append(
-            f"{bright_mm3:.0f} mm³ of bright, lesion-like voxels lie just outside the brain mask of {what} "
-            f"(within {LESION_SHELL_MM:g} mm): the mask may have cut away lesions; {advice}"
-        )
+    band = brain & ~ndimage.binary_erosion(brain, structure=structure)
+    bright = np.asarray(image) > median + 4.0 * spread
+    # A lesion the mask cut through is bright on both sides of the mask's edge; bright fat or vessels
+    # outside the brain are not bright just inside it.
+    labels, count = ndimage.label((shell | band) & bright)
+    if count:
+        inside = np.zeros(count + 1, dtype=bool)
+        inside[np.unique(labels[band & bright])] = True
+        inside[0] = False
+        cut_voxels = int(np.count_nonzero(inside[labels] & shell))
+        cut_mm3 = cut_voxels * float(np.prod(voxel_mm))
+        if cut_mm3 >= LESION_OUTSIDE_MM3:
+            warnings.append(
+                f"{cut_mm3:.0f} mm³ of bright, lesion-like voxels that continue inside the brain mask of {what} lie "
+                f"just outside it (within {LESION_SHELL_MM:g} mm): the mask may have cut through lesions; {advice}"
+            )
     return warnings
 
 
