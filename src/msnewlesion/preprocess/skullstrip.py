@@ -579,10 +579,14 @@ def brain_mask_warnings(
     # outside the brain are not bright just inside it.
     labels, count = ndimage.label((shell | band) & bright)
     if count:
-        inside = np.zeros(count + 1, dtype=bool)
-        inside[np.unique(labels[band & bright])] = True
-        inside[0] = False
-        cut_voxels = int(np.count_nonzero(inside[labels] & shell))
+        index = np.arange(1, count + 1)
+        inside = np.asarray(ndimage.sum(band, labels, index))
+        outside = np.asarray(ndimage.sum(shell, labels, index))
+        # A few bright voxels just inside (partial volume at the skull base) do not make a lesion: the part
+        # inside must be a quarter of the part outside, and 5 mm³, at least.
+        cut = np.zeros(count + 1, dtype=bool)
+        cut[1:] = (inside >= 0.25 * outside) & (inside * float(np.prod(voxel_mm)) >= 5.0)
+        cut_voxels = int(np.count_nonzero(cut[labels] & shell))
         cut_mm3 = cut_voxels * float(np.prod(voxel_mm))
         if cut_mm3 >= LESION_OUTSIDE_MM3:
             warnings.append(
