@@ -3,7 +3,8 @@
 One table, one test: for each case the command exits with code 1, writes exactly one line on
 stderr that names the file and the problem, lets no exception escape (no traceback), and leaves
 the folder it worked in exactly as it found it: inputs untouched, no partial output, no folder
-created. Cases that failed differently before (issue 14) say which item they cover.
+created. Cases that failed differently before (issue 14, or issue 24 where they say so) say which item they
+cover.
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ class Folder:
         path = self.root / name
         path.write_bytes(header.binaryblock + b"\0" * 4 + data.tobytes(order="F"))
         return path
+
+    def rgb(self, name: str) -> Path:
+        """An RGB24 NIfTI (a screenshot or a colour-coded map saved as NIfTI): three bytes per voxel."""
+        data = np.zeros(SHAPE, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        data["G"] = np.random.default_rng(0).integers(0, 255, SHAPE)
+        return self._save(name, data, np.eye(4))
 
     def file(self, name: str, content: bytes = b"not a folder\n") -> Path:
         path = self.root / name
@@ -156,6 +163,8 @@ CASES = [
     Case("predict: another run writes into the folder (item 3)",
          lambda f: _predict(f, f.image("t1.nii.gz"), f.image("t2.nii.gz", seed=1)),
          ("another msnewlesion run", "other job", "out"), busy="out"),
+    Case("predict: an RGB24 follow-up (issue 24, item 6)",
+         lambda f: _predict(f, f.image("t1.nii.gz"), f.rgb("t2.nii.gz")), ("t2.nii.gz", "RGB colour (RGB24)")),
     # preprocess
     Case("preprocess: -o a regular file (item 2)",
          lambda f: (f.file("taken"), _preprocess(f, f.image("t1.nii.gz"), f.image("t2.nii.gz", seed=1), "taken"))[1],
@@ -182,6 +191,8 @@ CASES = [
     Case("evaluate: an uncompressed header claims 5000³ voxels (item 5)",
          lambda f: ["evaluate", str(f.mask("p.nii.gz")), str(f.huge_header("g.nii")), "-q"],
          ("g.nii", "truncated or its header is wrong", "5000×5000×5000")),
+    Case("evaluate: an RGB24 prediction (issue 24, item 6)",
+         lambda f: ["evaluate", str(f.rgb("p.nii.gz")), str(f.mask("g.nii.gz")), "-q"], ("p.nii.gz", "RGB24")),
     # train
     Case("train --dry-run: a truncated label (item 4)",
          lambda f: (f.image("a.nii.gz"), f.truncated("a_label.nii.gz"),
@@ -199,6 +210,10 @@ CASES = [
     Case("train: -o below a regular file (item 2)",
          lambda f: ["train", str(f.manifest(_two_rows(f))), "-o", str(f.file("taken") / "run"), "-q"],
          ("taken/run", "taken is a file, not a folder")),
+    Case("train: batch norm with patch 16 and batch 1, refused before anything is written (issue 24, item 6)",
+         lambda f: ["train", str(f.manifest(_two_rows(f))), "-o", str(f.root / "run"), "-q", "--patch-size", "16",
+                    "--batch-size", "1"],
+         ("batch_size 1 with patch_size 16", "batch norm", "batch_size 2 or more")),
     # synth
     Case("synth: -o a regular file (item 2)",
          lambda f: ["synth", str(f.image("flair.nii.gz")), str(f.mask("lesions.nii.gz")), "-o", str(f.file("taken")),
@@ -212,6 +227,10 @@ CASES = [
          lambda f: ["synth", str(f.image("flair.nii.gz")), str(f.mask("lesions.nii.gz")), "-o", str(f.root / "out"),
                     "-q"],
          ("pass --library", "--added 0")),
+    Case("synth: an RGB24 FLAIR (issue 24, item 6)",
+         lambda f: ["synth", str(f.rgb("flair.nii.gz")), str(f.mask("lesions.nii.gz")), "-o", str(f.root / "out"),
+                    "--mode", "remove", "-q"],
+         ("flair.nii.gz", "RGB colour (RGB24)", "single-channel")),
     # bids
     Case("bids: a malformed dataset_description.json (item 11)",
          lambda f: ["bids", str(f.bids('{"Name": "cohort",}')), str(f.root / "deriv"), "participant",

@@ -38,6 +38,7 @@ from msnewlesion.model.checkpoint import LoadedModel
 from msnewlesion.model.config import ModelConfig
 from msnewlesion.prediction_summary import LesionSummary, ModelProvenance, PredictionSummary, summary_record
 from msnewlesion.preprocess import PreprocessedPair, PreprocessOptions, preprocess_pair, to_native
+from msnewlesion.preprocess.coverage import Coverage, coverage_warnings, pair_coverage
 from msnewlesion.progress import ProgressCallback, report
 from msnewlesion.report import save_qc_figure
 from msnewlesion.settings import (
@@ -85,6 +86,11 @@ OUTPUT_NAMES = {
     "table": "new_lesions.tsv",
     "qc": "qc.png",
     "summary": "summary.json",
+}
+#: Written only when one scan does not show all of the other's brain (see msnewlesion.preprocess.coverage).
+NOT_ASSESSED_NAMES = {
+    "not_assessed_baseline": "not_assessed_baseline.nii.gz",
+    "not_assessed_followup": "not_assessed_followup.nii.gz",
 }
 PROBABILITY_NAMES = {
     "new_lesions": "new_lesions_probability.nii.gz",
@@ -242,6 +248,7 @@ class Prediction:
     new_lesions_common: np.ndarray
     warnings: list[str] = field(default_factory=list)
     lesions_common: tuple[np.ndarray, np.ndarray] | None = None  # baseline's and follow-up's, for the QC picture
+    coverage: Coverage | None = None
 
 
 def _to_layout(values: Sequence[Any], config: ModelConfig) -> tuple:
@@ -367,6 +374,7 @@ def _input_warnings(
         model_name,
     )
     warnings += registration_warnings(pair.record.get("registration", {}))
+    warnings += pair.record.get("warnings", [])
     return warnings
 
 
@@ -426,6 +434,8 @@ def predict_pair(
     )
     timings["preprocess"] = time.perf_counter() - clock
     warnings = _input_warnings(pair, baseline, followup, model.config, provenance.name)
+    coverage = pair_coverage(baseline, followup, pair)
+    warnings += coverage_warnings(coverage)
 
     clock = time.perf_counter()
     maps = _run_network(model, pair, options, device, progress)
@@ -472,6 +482,7 @@ def predict_pair(
         min_brightening=mapped.min_brightening,
         warnings=warnings,
     )
+    summary["coverage"] = coverage.record()
     new_common, lesions_baseline_common, lesions_followup_common = mapped.common
     return Prediction(
         new_lesions=mapped.masks["new_lesions"],
@@ -485,6 +496,7 @@ def predict_pair(
         new_lesions_common=new_common,
         warnings=warnings,
         lesions_common=(lesions_baseline_common, lesions_followup_common),
+        coverage=coverage,
     )
 
 
@@ -512,7 +524,7 @@ def _require_brightening(
 def prediction_outputs(directory: str | os.PathLike[str], *, save_probabilities: bool = False) -> dict[str, Path]:
     """The files :func:`write_prediction` writes into ``directory`` by default (its output layout)."""
     directory = Path(directory)
-    names = dict(OUTPUT_NAMES)
+    names = dict(OUTPUT_NAMES) | NOT_ASSESSED_NAMES
     if save_probabilities:
         names |= {f"{key}_probability": name for key, name in PROBABILITY_NAMES.items()}
     return {key: directory / name for key, name in names.items()}
@@ -604,6 +616,16 @@ def write_prediction(
         )
         for key, payload in (extra_json or {}).items():
             write_json(staged[key], payload)
+        # Only a pair whose scans do not show each other's whole brain has voxels that were not assessed.
+        partial = prediction.coverage is not None and prediction.coverage.partial
+        for key in NOT_ASSESSED_NAMES:
+            if key not in outputs:
+                continue
+            if partial:
+                save_volume(getattr(prediction.coverage, key), staged[key], dtype=np.uint8, description="not assessed")
+            else:
+                outputs[key].unlink(missing_ok=True)  # a previous result's, now replaced
+                del outputs[key]
         summary = dict(prediction.summary)
         summary["timings_s"] = dict(summary["timings_s"], write=round(time.perf_counter() - clock, 3))
         summary["outputs"] = {key: path.relative_to(directory).as_posix() for key, path in outputs.items()}

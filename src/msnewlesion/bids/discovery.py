@@ -1,9 +1,11 @@
 """Discovery: each participant's FLAIR per session, the sessions in time order, and the pairs to compare.
 
 A session's FLAIR is ``ses-<s>/anat/sub-<p>_ses-<s>[_…]_FLAIR.nii[.gz]``; sessions are ordered by
-acquisition time from ``*_scans.tsv`` or ``*_sessions.tsv`` when every session has one, else by
-session label, and paired each with the one before it (``consecutive``) or each with the first
-(``first``). See :func:`plan_participant` and ``docs/bids.md``.
+acquisition time from ``*_scans.tsv``, ``*_sessions.tsv`` or the FLAIRs' JSON sidecars when every
+session has one, else by what their labels say (numbers, dates, pre/post, baseline/follow-up; never
+a guess: labels that say nothing stop the participant unless the order is given), and paired each
+with the one before it (``consecutive``) or each with the first (``first``). See
+:func:`plan_participant` and ``docs/bids.md``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "SessionScan",
     "check_dataset",
     "find_participants",
+    "natural_session_order",
     "normalize_participant_label",
     "plan_dataset",
     "plan_participant",
@@ -43,6 +46,11 @@ __all__ = [
 RAW_DATASET = "raw"
 FLAIR_SUFFIXES = ("_FLAIR.nii.gz", "_FLAIR.nii")
 _LABEL = re.compile(r"[A-Za-z0-9]+")
+#: Words that place a session in time (a number may follow: ``fu2``), by rank: docs/bids.md.
+SESSION_WORDS = {
+    **dict.fromkeys(("pre", "baseline", "base", "bl", "screening", "initial"), 0),
+    **dict.fromkeys(("post", "followup", "follow", "fu", "fup"), 1),
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,9 @@ class BidsSelection:
     flair_pattern : str, optional
         A glob matched against FLAIR file names (``*_FLAIR.nii[.gz]``) that keeps only the matching
         ones, such as ``"*_acq-3D_*"``.
+    session_order : sequence of str
+        Session labels (with or without ``ses-``) in time order, used for every participant instead
+        of acquisition times and labels; empty to find the order from the data.
 
     Examples
     --------
@@ -68,10 +79,16 @@ class BidsSelection:
     participant_labels: Sequence[str] = ()
     session_pairs: str = "consecutive"
     flair_pattern: str | None = None
+    session_order: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         labels = tuple(dict.fromkeys(normalize_participant_label(label) for label in self.participant_labels))
         object.__setattr__(self, "participant_labels", labels)
+        given = (self.session_order,) if isinstance(self.session_order, str) else self.session_order
+        sessions = tuple(_session_label(label) for text in given for label in text.split(",") if label.strip())
+        if len(set(sessions)) != len(sessions):
+            raise InputError(f"{parameter('session_order')} names a session twice: {','.join(sessions)}")
+        object.__setattr__(self, "session_order", sessions)
         check_choice("session_pairs", self.session_pairs, SESSION_PAIRINGS)
         if self.flair_pattern is not None and not self.flair_pattern.strip():
             raise InputError(
@@ -160,6 +177,70 @@ def normalize_participant_label(label: str) -> str:
             "(for example 01 or sub-01)"
         )
     return text
+
+
+def _session_label(label: str) -> str:
+    text = label.strip()
+    text = text[len("ses-") :] if text.startswith("ses-") else text
+    if not _LABEL.fullmatch(text):
+        raise InputError(
+            f"`session_order`: {label!r} is not a session label (letters and digits, with or without ses-); give "
+            "the labels in time order, separated by commas, such as pre,post"
+        )
+    return text
+
+
+def _is_date(digits: str) -> bool:
+    try:
+        dt.datetime.strptime(digits, "%Y%m%d")
+    except ValueError:
+        return False
+    return True
+
+
+def natural_session_order(labels: Sequence[str]) -> tuple[list[str], str] | None:
+    """Session labels in time order by what they say, and the rule that ordered them; None when they say nothing.
+
+    The rules (docs/bids.md), tried in turn:
+
+    - ``words``: every label is a word of :data:`SESSION_WORDS`, perhaps followed by a number
+      (``pre``/``post``, ``baseline``/``followup``/``followup2``, ``bl``/``fu1``/``fu2``);
+    - ``dates``: every label is a date written year first (``20190711``);
+    - ``numbers``: every label is one number between the same letters (``01``, ``2``, ``10``;
+      ``m0``, ``m6``, ``m12``), compared as numbers; a word of rank 0 (``baseline``) may come first.
+
+    Two labels that a rule cannot tell apart, or labels no rule fits, give None: no guess.
+
+    Examples
+    --------
+    >>> natural_session_order(["post", "pre"])
+    (['pre', 'post'], 'words')
+    >>> natural_session_order(["m12", "baseline", "m6"])
+    (['baseline', 'm6', 'm12'], 'numbers')
+    >>> natural_session_order(["a", "b"]) is None
+    True
+    """
+    labels = list(labels)
+    if len(labels) < 2:
+        return labels, "one session"
+    parts = [re.fullmatch(r"(?P<prefix>[a-z]*)(?P<number>\d*)(?P<suffix>[a-z]*)", label.lower()) for label in labels]
+    words: dict[str, tuple[int, int]] = {}
+    for label, match in zip(labels, parts, strict=True):
+        if match is not None and not match["suffix"] and match["prefix"] in SESSION_WORDS:
+            words[label] = (SESSION_WORDS[match["prefix"]], int(match["number"] or 0))
+    if len(words) == len(labels) and len(set(words.values())) == len(labels):
+        return sorted(labels, key=words.__getitem__), "words"
+    first = [label for label in labels if words.get(label, (1, 0))[0] == 0 and not label[-1].isdigit()]
+    rest = [(label, match) for label, match in zip(labels, parts, strict=True) if label not in first and match]
+    if len(first) > 1 or len(first) + len(rest) < len(labels) or any(not match["number"] for _, match in rest):
+        return None
+    shapes = {(match["prefix"], match["suffix"]) for _, match in rest}
+    numbers = [int(match["number"]) for _, match in rest]
+    if len(shapes) != 1 or len(set(numbers)) != len(numbers):
+        return None
+    ordered = first + [label for _, label in sorted(zip(numbers, (label for label, _ in rest), strict=True))]
+    dates = shapes == {("", "")} and all(len(label) == 8 and _is_date(label) for label, _ in rest)
+    return ordered, "dates" if dates else "numbers"
 
 
 def _natural_key(label: str) -> tuple:
@@ -313,10 +394,11 @@ class _TimeTables:
                 if session:
                     self.sessions[session if session.startswith("ses-") else f"ses-{session}"] = row.get("acq_time", "")
 
-    def acq_time(self, session: str, name: str, notes: list[str]) -> dt.datetime | None:
+    def acq_time(self, session: str, name: str, notes: list[str], sidecar: Path | None = None) -> dt.datetime | None:
         for text, source in (
             (self.files.get(f"ses-{session}/anat/{name}"), "scans.tsv"),
             (self.sessions.get(f"ses-{session}"), "sessions.tsv"),
+            (_sidecar_time(sidecar, notes) if sidecar is not None else None, f"{name}'s JSON sidecar"),
         ):
             if text is None or not text.strip() or text.strip().lower() == "n/a":
                 continue
@@ -326,6 +408,24 @@ class _TimeTables:
                 continue
             return value
         return None
+
+
+def _sidecar_time(path: Path, notes: list[str]) -> str | None:
+    """``AcquisitionDateTime`` of a FLAIR's JSON sidecar, else its ``AcquisitionDate`` and ``AcquisitionTime``."""
+    if not path.is_file():
+        return None
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        notes.append(f"could not read {path.name} ({error}); its acquisition time is ignored")
+        return None
+    if not isinstance(fields, dict):
+        return None
+    if isinstance(fields.get("AcquisitionDateTime"), str):
+        return fields["AcquisitionDateTime"]
+    date, time = fields.get("AcquisitionDate"), fields.get("AcquisitionTime")
+    # A time of day alone (what most converters write) does not order sessions on different days.
+    return f"{date}T{time}" if isinstance(date, str) and isinstance(time, str) else None
 
 
 def _voxel_volume(path: Path) -> float:
@@ -381,8 +481,10 @@ def plan_participant(
     (also when only its ``*_scans.tsv`` lists it: a file not fetched yet fails that pair, loudly);
     ``--flair-pattern`` keeps the names it matches; among several, the acquisition (``acq-``) most
     sessions share wins, then the finest voxels, then the highest ``run-``, then the name.
-    Sessions are ordered by acquisition time when every one has an ``acq_time`` (the FLAIR's row in
-    ``*_scans.tsv``, else ``*_sessions.tsv``), otherwise by session label, numbers compared as numbers.
+    Sessions are ordered as ``selection.session_order`` gives them, else by acquisition time when every
+    one has an ``acq_time`` (the FLAIR's row in ``*_scans.tsv``, else ``*_sessions.tsv``, else
+    ``AcquisitionDateTime`` in its JSON sidecar), else by what their labels say
+    (:func:`natural_session_order`); labels that say nothing are a problem for the participant.
     Sessions without a FLAIR are left out with a note.
 
     Examples
@@ -452,19 +554,16 @@ def plan_participant(
                 path=folder / f"ses-{session}" / "anat" / name,
                 relative_path=f"sub-{participant}/ses-{session}/anat/{name}",
                 entities=flair_entities,
-                acq_time=times.acq_time(session, name, plan.notes),
+                acq_time=times.acq_time(
+                    session, name, plan.notes, _json_sidecar(folder / f"ses-{session}" / "anat" / name)
+                ),
             )
         )
-    known = [s.acq_time is not None for s in scans]
-    if scans and all(known):
-        scans.sort(key=lambda s: (s.acq_time, _natural_key(s.session)))
-        plan.session_order = "acq_time"
-    else:
-        scans.sort(key=lambda s: _natural_key(s.session))
-        if any(known):
-            missing = ", ".join(f"ses-{s.session}" for s in scans if s.acq_time is None)
-            plan.notes.append(f"no acq_time for {missing}: sessions ordered by label, not by acquisition time")
+    scans.sort(key=lambda s: _natural_key(s.session))
     plan.sessions = scans
+    if not _order_sessions(plan, selection):
+        return plan
+    scans = plan.sessions
     if len(scans) < 2:
         listed = ", ".join(f"ses-{s.session}" for s in scans) or "none"
         plan.notes.append(f"new lesions need two sessions with a FLAIR; sub-{participant} has {listed}")
@@ -474,6 +573,50 @@ def plan_participant(
     else:
         plan.pairs = [SessionPair(participant, a, b) for a, b in itertools.pairwise(scans)]
     return plan
+
+
+def _json_sidecar(image: Path) -> Path:
+    suffix = next(s for s in (".nii.gz", ".nii") if image.name.endswith(s))
+    return image.with_name(image.name[: -len(suffix)] + ".json")
+
+
+def _order_sessions(plan: ParticipantPlan, selection: BidsSelection) -> bool:
+    """Put ``plan.sessions`` in time order and name the rule in ``plan.session_order``; False with a problem when
+    the order cannot be known."""
+    scans = plan.sessions
+    labels = ", ".join(f"ses-{s.session}" for s in scans)
+    if selection.session_order:
+        unknown = [f"ses-{s.session}" for s in scans if s.session not in selection.session_order]
+        if unknown:
+            plan.problems.append(
+                f"sub-{plan.participant}: {', '.join(unknown)} not in `session_order` "
+                f"({','.join(selection.session_order)}); name every session with a FLAIR ({labels})"
+            )
+            return False
+        scans.sort(key=lambda s: list(selection.session_order).index(s.session))
+        plan.session_order = "given"
+        return True
+    known = [s.acq_time is not None for s in scans]
+    if scans and all(known):
+        scans.sort(key=lambda s: (s.acq_time, _natural_key(s.session)))
+        plan.session_order = "acq_time"
+        return True
+    found = natural_session_order([s.session for s in scans])
+    if found is None:
+        plan.problems.append(
+            f"sub-{plan.participant}: cannot tell the time order of {labels}: no acq_time (scans.tsv, sessions.tsv "
+            "or the FLAIRs' JSON sidecars) and labels that follow no known order (numbers, dates, pre/post, "
+            "baseline/follow-up); give `session_order` (the labels in time order, such as "
+            f"{','.join(s.session for s in scans)}) or add acq_time to the scans.tsv files"
+        )
+        return False
+    order, rule = found
+    scans.sort(key=lambda s: order.index(s.session))
+    plan.session_order = f"label ({rule})"
+    if any(known):
+        missing = ", ".join(f"ses-{s.session}" for s in scans if s.acq_time is None)
+        plan.notes.append(f"no acq_time for {missing}: sessions ordered by label ({rule}), not by acquisition time")
+    return True
 
 
 def plan_dataset(bids_dir: str | os.PathLike[str], selection: BidsSelection | None = None) -> list[ParticipantPlan]:

@@ -65,6 +65,9 @@ def pair_outputs(
         for key, (folder, scan, label, desc) in images.items():
             outputs[f"{key}_probability"] = folder / _name(scan, "probseg.nii.gz", label=label, desc=desc)
             outputs[f"{key}_probability_sidecar"] = folder / _name(scan, "probseg.json", label=label, desc=desc)
+    # Written only when one scan does not show all of the other's brain (docs/predict.md, coverage).
+    outputs["not_assessed_baseline"] = earlier / _name(a, "mask.nii.gz", label="notassessed", desc=before)
+    outputs["not_assessed_followup"] = later / _name(b, "mask.nii.gz", label="notassessed", desc=since)
     outputs["table"] = later / _name(b, "newlesions.tsv", desc=since, space=False)
     outputs["qc"] = output_dir / f"sub-{pair.participant}" / "figures" / _name(b, "qc.png", desc=since, space=False)
     outputs["summary"] = later / _name(b, "summary.json", desc=since, space=False)

@@ -187,6 +187,7 @@ class _ParticipantLog:
                 "model": model,
                 "session_order": plan.session_order,
                 "sessions": [s.relative_path for s in plan.sessions],
+                "sessions_in_order": [s.session for s in plan.sessions],
                 "notes": plan.notes,
                 "problems": plan.problems,
                 "pairs": pairs,
@@ -266,6 +267,7 @@ class _PairJob:
     session_order: str
     log: _ParticipantLog
     scratch: Path | None = None
+    sessions: tuple[str, ...] = ()  # the participant's sessions in the order used
 
     @property
     def inputs(self) -> list[Path]:
@@ -284,6 +286,7 @@ def _bids_record(job: _PairJob) -> dict[str, Any]:
         "followup_acq_time": pair.followup.acq_time.isoformat() if pair.followup.acq_time else None,
         "days_between": pair.days_between,
         "session_order": job.session_order,
+        "sessions_in_order": list(job.sessions),
         "session_pairs": selection.session_pairs,
         "flair_pattern": selection.flair_pattern,
     }
@@ -462,7 +465,18 @@ def run_participant_level(
             # Jobs for different participants share the output folder; one participant is one job's at a time.
             with claim_output_folder(output_dir / f"sub-{plan.participant}", command="bids participant") as claim:
                 for pair in plan.pairs:
-                    pair_results.append(_run_pair(_PairJob(run, pair, plan.session_order, log, claim.scratch)))
+                    pair_results.append(
+                        _run_pair(
+                            _PairJob(
+                                run,
+                                pair,
+                                plan.session_order,
+                                log,
+                                claim.scratch,
+                                tuple(s.session for s in plan.sessions),
+                            )
+                        )
+                    )
                     log.status(plan, pair_results, output_dir, model_record)
                     finished += 1
                     report(progress, "pairs", finished, total)

@@ -187,6 +187,13 @@ def bids(
         help="Keep only FLAIRs whose file name matches this glob, such as `*_acq-3D_*` (docs/bids.md "
         "gives the rule among several).",
     ),
+    session_order: Optional[str] = typer.Option(
+        None,
+        "--session-order",
+        metavar="LABEL,LABEL,...",
+        help="Session labels in time order, such as pre,post, for every participant: needed when sessions have no "
+        "acq_time and their labels follow no known order (numbers, dates, pre/post, baseline/follow-up; docs/bids.md).",
+    ),
     model: str = MODEL,
     no_preprocess: bool = NO_PREPROCESS,
     skull_strip: str = SKULL_STRIP,
@@ -215,9 +222,11 @@ def bids(
     """Find new lesions in every session pair of a BIDS dataset (a BIDS App).
 
     **participant** level: for each participant, the FLAIR of every session
-    (`sub-*/ses-*/anat/*_FLAIR.nii.gz`), sessions ordered by `acq_time` in `*_scans.tsv` when every
-    session has one (else by label), then each consecutive pair (or each session against the
-    first) goes through `msnewlesion predict` with the model loaded once; every predict option is
+    (`sub-*/ses-*/anat/*_FLAIR.nii.gz`), sessions ordered by `acq_time` (`*_scans.tsv`, `*_sessions.tsv` or
+    the JSON sidecars) when every session has one, else by what the labels say (numbers, dates, pre/post,
+    baseline/follow-up; labels that say nothing need `--session-order`), then each consecutive pair (or
+    each session against the first) goes through `msnewlesion predict` with the model loaded once; every
+    predict option is
     accepted. Writes a BIDS derivative dataset: the new-lesion mask on the later session's grid
     (`sub-01_ses-02_space-orig_label-newlesion_desc-since01_mask.nii.gz`), each session's all-lesion
     mask, the lesion table, the summary (written last: a pair is complete once it is there) and the
@@ -243,6 +252,7 @@ def bids(
         participant_labels=participant_label or (),
         session_pairs=session_pairs,
         flair_pattern=flair_pattern,
+        session_order=(session_order,) if session_order else (),
     )
     if level == Level.group:
         _group(bids_dir, output_dir, selection, as_json)

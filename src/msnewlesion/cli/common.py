@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import math
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -147,25 +150,78 @@ def flag_spelling(flags: Flags) -> Callable[[str, object], str]:
     return spell
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: stop as Ctrl-C does (a KeyboardInterrupt, so every cleanup runs)."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+#: What SLURM, ``timeout`` and ``docker stop`` (SIGTERM) and a closed terminal (SIGHUP) send.
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _raise_terminated(signal_number: int, frame: Any) -> None:
+    raise Terminated(signal_number)
+
+
+@contextmanager
+def _stop_signals_as_interrupts() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP raise :class:`Terminated` (Python would die without cleanup)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # A signal set to be ignored stays ignored: `nohup` ignores SIGHUP so that a run outlives its terminal.
+    previous = {
+        number: signal.signal(number, _raise_terminated)
+        for number in _STOP_SIGNALS
+        if signal.getsignal(number) is signal.SIG_DFL
+    }
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _os_error_message(error: OSError) -> str:
+    """One line for an error of the operating system (a full disk, a folder gone, no permission)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    where = f" {error.filename}" if error.filename else ""
+    advice = "; free space there or choose another output folder" if error.errno == errno.ENOSPC else ""
+    return f"could not read or write{where}: {reason}{advice}; unfinished outputs were removed"
+
+
 def cli_errors(func: F) -> F:
-    """Turn user-facing errors into a one-line message and exit code 1 (2 for a setting, 130 on Ctrl-C).
+    """Turn user-facing errors into a one-line message and exit code 1 (2 for a setting, 130 on Ctrl-C, 143 on
+    SIGTERM, 129 on SIGHUP).
 
     While the command runs, core messages name settings by the command's options (``--overwrite``),
-    not by the Python parameters a library caller sees.
+    not by the Python parameters a library caller sees. An error of the operating system (a full disk) is
+    one line too, naming the file.
     """
     spell = flag_spelling(flags_of(func))
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            with spelling_parameters(spell):
+            with spelling_parameters(spell), _stop_signals_as_interrupts():
                 return func(*args, **kwargs)
         except OptionError as error:  # a setting that cannot work: exit 2, as for a flag refused while parsing
             raise fail(str(error), 2) from None
         except MsNewLesionError as error:
             raise fail(str(error)) from None
+        except Terminated as stop:
+            name = signal.Signals(stop.signal_number).name
+            raise fail(
+                f"terminated ({name}); finished outputs are kept, nothing half-written was left",
+                128 + stop.signal_number,
+            ) from None
         except KeyboardInterrupt:
             raise fail("interrupted; finished outputs are kept, nothing half-written was left", 130) from None
+        except OSError as error:
+            raise fail(_os_error_message(error)) from None
 
     return wrapper  # type: ignore[return-value]
 

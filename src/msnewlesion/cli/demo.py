@@ -18,7 +18,8 @@ def demo(
         "none",
         "--skull-strip",
         **choice(SKULL_STRIP_METHODS),
-        help="none (the example is already skull-stripped), or auto, hd-bet-v1, hd-bet to run skull stripping anyway.",
+        help="none (the example is already skull-stripped; auto finds that too and keeps it), or hd-bet-v1, hd-bet to "
+        "run skull stripping anyway.",
     ),
     skull_strip_mode: str = SKULL_STRIP_MODE,
     engine: str = ENGINE,

@@ -155,7 +155,12 @@ def evaluate(
     if output is not None:
         write_results_csv(output, results, failures)
     if lesions_csv is not None:
-        write_lesion_details_csv(lesions_csv, results)
+        try:
+            write_lesion_details_csv(lesions_csv, results)
+        except OSError:  # a full disk: one CSV without the other is no result
+            if output is not None:
+                output.unlink(missing_ok=True)
+            raise
     if json_output:
         typer.echo(json.dumps(results_payload(results, failures), indent=2, ensure_ascii=False, allow_nan=False))
     if not quiet:

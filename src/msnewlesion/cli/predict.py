@@ -55,8 +55,9 @@ SKULL_STRIP = typer.Option(
     "auto",
     "--skull-strip",
     **choice(SKULL_STRIP_METHODS),
-    help="auto (HD-BET 2 when its weights are in place, else HD-BET v1, which ships with msnewlesion), hd-bet "
-    "(HD-BET 2), hd-bet-v1, or none for inputs that are already stripped.",
+    help="auto (inputs found already skull-stripped are kept as they are; others: HD-BET 2 when its weights are in "
+    "place, else HD-BET v1, which ships with msnewlesion), hd-bet (HD-BET 2), hd-bet-v1, or none for inputs that are "
+    "already stripped.",
 )
 SKULL_STRIP_MODE = typer.Option(
     "auto",

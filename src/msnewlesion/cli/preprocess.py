@@ -18,6 +18,7 @@ from msnewlesion.cli.common import (
     model_value,
     number_in,
     progress_bars,
+    warn,
 )
 from msnewlesion.cli.predict import ENGINE, SKULL_STRIP, SKULL_STRIP_MODE
 from msnewlesion.settings import (
@@ -275,6 +276,8 @@ def preprocess(
             )
             labels = {name: to_common(mask, pair, which, kind="mask") for name, (which, mask) in label_masks.items()}
             written = save_preprocessed(pair, output, overwrite=overwrite, labels=labels)
+    for message in pair.record.get("warnings", []):
+        warn(message)
     if json_output:
         console.print_json(json.dumps({"files": [str(p) for p in written], "record": pair.record}, default=str))
     else:

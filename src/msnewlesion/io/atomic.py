@@ -59,9 +59,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, target)
+    except OSError as error:
+        # Writers (gzip, nibabel) raise ENOSPC without a file name, or with the hidden one: name the output.
+        raise _naming(error, target) from None
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error`` (a full disk, say) with ``path`` as its file name, for a message that names the output."""
+    return type(error)(error.errno, error.strerror or str(error), str(path))
 
 
 @contextlib.contextmanager
@@ -154,14 +162,21 @@ def staged_outputs(outputs: Mapping[str, Path], *, manifest: str = "summary") ->
     parent = Path(os.path.commonpath([str(path.parent.absolute()) for path in destinations.values()]))
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
+    staged = {key: staging / path.name for key, path in destinations.items()}
     try:
-        staged = {key: staging / path.name for key, path in destinations.items()}
         yield staged
         destinations[manifest].unlink(missing_ok=True)
         for key in [k for k in destinations if k != manifest] + [manifest]:
             if staged[key].exists():
                 destinations[key].parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staged[key], destinations[key])
+    except OSError as error:
+        # A message about the hidden staging folder would name a file that no longer exists: name the output.
+        by_staged_name = {str(path): destinations[key] for key, path in staged.items()}
+        named = by_staged_name.get(str(error.filename))
+        if named is None:
+            raise
+        raise _naming(error, named) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

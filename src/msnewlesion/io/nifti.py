@@ -28,6 +28,7 @@ __all__ = [
     "check_same_grid",
     "describe_grid",
     "grids_match",
+    "header_warnings",
     "load_mask",
     "load_volume",
     "quiet_nibabel",
@@ -135,30 +136,38 @@ def read_error_reason(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def _read_nifti(path: Path, what: str) -> nib.Nifti1Image:
+def _read_nifti(path: Path, what: str) -> nib.Nifti1Pair:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} not found: {path}")
     if path.is_dir():
-        raise InputError(f"{what} is a folder, expected a NIfTI file (.nii or .nii.gz): {path}")
+        raise InputError(f"{what} is a folder, expected a NIfTI file (.nii, .nii.gz or a .hdr/.img pair): {path}")
     try:
         with quiet_nibabel():
             image = nib.load(str(path))
     except Exception as error:  # nibabel raises many types for unreadable files
         raise InputError(f"could not read {what} {path} as NIfTI: {read_error_reason(error)}") from None
-    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+    # A NIfTI-1 (or -2) pair, .hdr and .img, carries the same header as a .nii; Analyze 7.5 has no orientation.
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image | nib.Nifti1Pair | nib.Nifti2Pair):
         raise InputError(f"{what} {path} is not a NIfTI image (nibabel read it as {type(image).__name__})")
+    dtype = np.dtype(image.get_data_dtype())
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        kind = "RGB colour (RGB24)" if dtype.fields is not None and len(dtype.fields) == 3 else dtype.name
+        raise InputError(
+            f"{what} {path} holds {kind} voxels, not one grey value per voxel: convert it to a single-channel "
+            "(scalar) image first, for example the scanner's original FLAIR"
+        )
     return image
 
 
-def _claimed_size(image: nib.Nifti1Image) -> tuple[str, float]:
+def _claimed_size(image: nib.Nifti1Pair) -> tuple[str, float]:
     shape = tuple(int(s) for s in image.shape)
     dtype = np.dtype(image.get_data_dtype())
     claimed = float(np.prod(shape, dtype=np.float64)) * dtype.itemsize
     return f"{'×'.join(map(str, shape))} voxels of {dtype.name} ({_size_text(claimed)})", claimed
 
 
-def _check_claimed_size(image: nib.Nifti1Image, path: Path, what: str) -> None:
+def _check_claimed_size(image: nib.Nifti1Pair, path: Path, what: str) -> None:
     # An uncompressed file shorter than its header says is refused before numpy tries to map it.
     if not path.name.endswith(".nii"):
         return
@@ -171,7 +180,7 @@ def _check_claimed_size(image: nib.Nifti1Image, path: Path, what: str) -> None:
         )
 
 
-def _as_3d(image: nib.Nifti1Image, path: Path, what: str) -> np.ndarray:
+def _as_3d(image: nib.Nifti1Pair, path: Path, what: str) -> np.ndarray:
     _check_claimed_size(image, path, what)
     try:
         data = np.asanyarray(image.dataobj)
@@ -195,13 +204,50 @@ def _as_3d(image: nib.Nifti1Image, path: Path, what: str) -> np.ndarray:
     return data
 
 
-def _check_affine(image: nib.Nifti1Image, path: Path, what: str) -> None:
+def _check_affine(image: nib.Nifti1Pair, path: Path, what: str) -> None:
     affine = image.affine
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(
             f"{what} {path} has a degenerate affine (zero voxel size or non-finite values): its header places no "
             "voxel in space; fix its qform/sform"
         )
+
+
+#: qform and sform further apart than this anywhere in the field of view (mm) are worth a warning.
+QFORM_SFORM_TOLERANCE_MM = 0.5
+
+
+def header_warnings(volume: Volume, what: str) -> list[str]:
+    """A warning when a volume's qform and sform are both set and place its voxels differently.
+
+    msnewlesion, like nibabel, uses the sform then (some tools, ITK among them, may use the qform);
+    outputs on the volume's grid keep both as they were (:func:`save_volume`).
+
+    Examples
+    --------
+    >>> header = nib.Nifti1Header()
+    >>> header.set_qform(np.eye(4), code=1)
+    >>> header.set_sform(np.array([[1.0, 0, 0, 3], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]), code=1)
+    >>> header_warnings(Volume(np.zeros((4, 4, 4)), np.eye(4), header), "baseline FLAIR")[0][:56]
+    'the qform and sform of baseline FLAIR image disagree: th'
+    """
+    header = volume.header
+    if header is None:
+        return []
+    qform, qform_code = header.get_qform(coded=True)
+    sform, sform_code = header.get_sform(coded=True)
+    if qform is None or sform is None or not qform_code or not sform_code:
+        return []
+    corners = np.array([[i, j, k, 1.0] for i in (0, volume.shape[0] - 1) for j in (0, volume.shape[1] - 1)
+                        for k in (0, volume.shape[2] - 1)])  # fmt: skip
+    apart = float(np.max(np.linalg.norm((corners @ qform.T - corners @ sform.T)[:, :3], axis=1)))
+    if apart <= QFORM_SFORM_TOLERANCE_MM:
+        return []
+    return [
+        f"the qform and sform of {what} {volume.name} disagree: they place voxels up to {apart:.1f} mm apart; "
+        f"msnewlesion uses the sform (code {int(sform_code)}), as nibabel does, while some tools (ITK, for one) may "
+        "use the qform; the outputs keep both as the input has them. Fix the header if the sform is not the right one"
+    ]
 
 
 def read_voxels(path: str | os.PathLike[str], *, what: str = "image") -> np.ndarray:
@@ -372,11 +418,21 @@ def save_volume(
     header["cal_max"] = 0
     if description is not None:
         header["descrip"] = description[:79].encode("ascii", "replace")
-    qform_code = int(header["qform_code"]) or 1
-    sform_code = int(header["sform_code"]) or 1
-    image = nib.Nifti1Image(data, volume.affine, header=header)
-    image.set_sform(volume.affine, code=sform_code)
-    image.set_qform(volume.affine, code=qform_code)
+    # On the grid of the image the header came from, its qform and sform stay as they are, even when they
+    # disagree (docs/predict.md); anywhere else both become the volume's affine.
+    on_header_grid = (
+        volume.header is not None
+        and tuple(int(n) for n in header.get_data_shape()[:3]) == volume.shape
+        and np.allclose(header.get_best_affine(), volume.affine, atol=1e-6, rtol=0)
+    )
+    if on_header_grid:
+        image = nib.Nifti1Image(data, None, header=header)
+    else:
+        qform_code = int(header["qform_code"]) or 1
+        sform_code = int(header["sform_code"]) or 1
+        image = nib.Nifti1Image(data, volume.affine, header=header)
+        image.set_sform(volume.affine, code=sform_code)
+        image.set_qform(volume.affine, code=qform_code)
     with atomic_path(path) as temporary:
         nib.save(image, str(temporary))
     return path

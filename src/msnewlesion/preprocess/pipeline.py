@@ -24,7 +24,7 @@ import datetime as dt
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nibabel as nib
@@ -35,6 +35,7 @@ from msnewlesion.errors import GeometryError, InputError, parameter
 from msnewlesion.io import (
     Volume,
     check_same_grid,
+    header_warnings,
     load_mask,
     load_volume,
 )
@@ -48,7 +49,12 @@ from msnewlesion.preprocess.geometry import (
     resample,
     rotation_angle_degrees,
 )
-from msnewlesion.preprocess.intensity import check_image_content, normalize_intensity
+from msnewlesion.preprocess.intensity import (
+    check_image_content,
+    clip_outliers,
+    normalize_intensity,
+    registration_intensities,
+)
 from msnewlesion.preprocess.options import PreprocessOptions
 from msnewlesion.preprocess.pair import NativeGrid, PreprocessedPair
 from msnewlesion.preprocess.registration import RegistrationError
@@ -69,11 +75,15 @@ class _StepClock:
         self.steps.append({"step": name, **details, "seconds": round(time.perf_counter() - started, 3)})
 
 
-def _as_volume(source: Volume | str | os.PathLike[str], what: str) -> Volume:
+def _as_volume(source: Volume | str | os.PathLike[str], what: str, warnings: list[str]) -> Volume:
     volume = source if isinstance(source, Volume) else load_volume(source, what=what)
     check_image_content(volume.data, f"{what} {volume.name}")
     if not np.all(np.isfinite(volume.affine)) or abs(np.linalg.det(volume.affine[:3, :3])) < 1e-12:
         raise InputError(f"{what} {volume.name} has a degenerate affine (zero voxel size or non-finite values)")
+    clipped, warning = clip_outliers(volume.data, f"{what} {volume.name}")
+    if warning is not None:
+        warnings.append(warning)
+        volume = volume.with_data(clipped)
     return volume
 
 
@@ -159,6 +169,8 @@ class _Inputs:
     follow: Volume
     user_mask: Volume | None
     skull_strip: str  # what makes the brain mask: "mask" (the user's), "hd-bet", "hd-bet-v1" or "none"
+    already_stripped: dict[str, Any] | None = None  # auto's look at each input, when it chose "none"
+    warnings: list[str] = field(default_factory=list)  # about the inputs (voxels clipped)
 
 
 @dataclass
@@ -176,9 +188,10 @@ def _read_inputs(
 ) -> _Inputs:
     """Read and check everything, and refuse early what would fail late (no HD-BET, a mask on another grid)."""
     report(progress, "read", 0, 2)
-    base = _as_volume(baseline, _WHAT["baseline"])
+    warnings: list[str] = []
+    base = _as_volume(baseline, _WHAT["baseline"], warnings)
     report(progress, "read", 1, 2)
-    follow = _as_volume(followup, _WHAT["followup"])
+    follow = _as_volume(followup, _WHAT["followup"], warnings)
     user_mask = None
     if options.brain_mask is not None:
         user_mask = load_mask(options.brain_mask, what="brain mask")
@@ -188,9 +201,13 @@ def _read_inputs(
     if user_mask is not None:
         skull_strip = "mask"
     else:
-        from msnewlesion.preprocess.skullstrip import resolve_skull_strip
+        from msnewlesion.preprocess.skullstrip import resolve_skull_strip, stripped_inputs
 
         skull_strip = resolve_skull_strip(options.skull_strip)
+        # Stripping a stripped scan again cuts away brain: auto keeps inputs that are stripped already.
+        already_stripped = stripped_inputs(base, follow) if options.skull_strip == "auto" else None
+        if already_stripped is not None:
+            skull_strip = "none"
     if options.registration == "none":
         try:
             check_same_grid(base, follow, what_a="the baseline FLAIR", what_b="the follow-up FLAIR")
@@ -200,7 +217,7 @@ def _read_inputs(
                 "share one grid; let msnewlesion register them instead (space halfway, baseline or followup)."
             ) from None
     report(progress, "read", 2, 2)
-    return _Inputs(base, follow, user_mask, skull_strip)
+    return _Inputs(base, follow, user_mask, skull_strip, already_stripped if user_mask is None else None, warnings)
 
 
 def _register(
@@ -220,9 +237,9 @@ def _register(
         f"registration of the follow-up FLAIR {follow.name} onto the baseline FLAIR {base.name} ({options.transform})"
     )
     followup_from_baseline = register_rigid(
-        base.data,
+        registration_intensities(base.data),
         base.affine,
-        follow.data,
+        registration_intensities(follow.data),
         follow.affine,
         transform=options.transform,
         seed=options.seed,
@@ -267,9 +284,9 @@ def _check_registration(
     inputs: _Inputs, registration: _Registration, full_grid: Grid, options: PreprocessOptions
 ) -> None:
     similarity = _registration_similarity(
-        inputs.base.data,
+        registration_intensities(inputs.base.data),
         inputs.base.affine,
-        inputs.follow.data,
+        registration_intensities(inputs.follow.data),
         inputs.follow.affine,
         registration.to_baseline,
         registration.to_followup,
@@ -303,6 +320,7 @@ def _brain_mask_on(
     base, follow = inputs.base, inputs.follow
     if inputs.skull_strip in ("mask", "none"):
         report(progress, "brain mask", 0, 1)
+        record: dict[str, Any]
         if inputs.user_mask is not None:
             mask = inputs.user_mask
             brain = resample(mask.data, mask.affine, full_grid, registration.to_baseline, order=0)
@@ -311,6 +329,12 @@ def _brain_mask_on(
             brain = resample(base.data != 0, base.affine, full_grid, registration.to_baseline, order=0)
             brain &= resample(follow.data != 0, follow.affine, full_grid, registration.to_followup, order=0)
             record = {"method": "none: inputs already skull-stripped; brain = non-zero in both time points"}
+            if inputs.already_stripped is not None:
+                record = {
+                    "method": "auto: inputs found already skull-stripped, kept as they are; brain = non-zero in "
+                    "both time points",
+                    "already_stripped": inputs.already_stripped,
+                }
         report(progress, "brain mask", 1, 1)
         return brain, None, record
     if inputs.skull_strip == "hd-bet-v1":
@@ -415,6 +439,8 @@ def preprocess_pair(
 
     step = time.perf_counter()
     common = _resample(inputs, registration, full_grid, brain_full, baseline_full, options, progress)
+    warnings = inputs.warnings + header_warnings(base, _WHAT["baseline"]) + header_warnings(follow, _WHAT["followup"])
+    warnings += _skull_strip_warnings(inputs, brain_full, full_grid, common)
     clock.add(
         "reorient_and_resample",
         step,
@@ -455,6 +481,7 @@ def preprocess_pair(
         grid.affine, 1 if options.registration in ("none", "baseline") else 2, f"msnewlesion {__version__}: {space}"
     )
     record = _record(inputs, options, clock, registration, grid, space, brain, skull_record)
+    record["warnings"] = warnings
     record["seconds_total"] = round(time.perf_counter() - started, 3)
     return PreprocessedPair(
         baseline=Volume(baseline_normalised, grid.affine, header),
@@ -516,6 +543,25 @@ def _resample(
     followup_common = resample(follow.data, follow.affine, grid, registration.to_followup, order=order)
     report(progress, "resampling", 2, 2)
     return _OnCommonGrid(grid, [s.start for s in crop], brain_full[crop], baseline_common, followup_common)
+
+
+def _skull_strip_warnings(inputs: _Inputs, brain_full: np.ndarray, full_grid: Grid, common: _OnCommonGrid) -> list[str]:
+    """Warnings about a brain mask from skull stripping that lost brain or lesion-like voxels."""
+    if inputs.skull_strip not in ("hd-bet", "hd-bet-v1"):
+        return []
+    from msnewlesion.preprocess.skullstrip import brain_mask_warnings, looks_skull_stripped
+
+    base = inputs.base
+    brain_ml = float(np.count_nonzero(brain_full)) * float(abs(np.linalg.det(full_grid.affine[:3, :3]))) / 1000.0
+    spacing = tuple(float(s) for s in np.linalg.norm(common.grid.affine[:3, :3], axis=0))
+    return brain_mask_warnings(
+        looks_skull_stripped(base.data, base.affine),
+        brain_ml,
+        common.baseline,
+        common.brain,
+        spacing,
+        what=f"the baseline FLAIR {base.name}",
+    )
 
 
 def _correct_bias(common: _OnCommonGrid, inputs: _Inputs, progress: ProgressCallback | None) -> dict[str, Any]:

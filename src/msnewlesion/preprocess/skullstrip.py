@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -41,13 +41,17 @@ __all__ = [
     "HDBET_CHECKPOINT",
     "ScanInSpace",
     "SkullStripError",
+    "StrippedCheck",
+    "brain_mask_warnings",
     "hdbet2_ready",
     "hdbet_brain_mask",
     "hdbet_v1_brain_mask",
     "hdbet_v1_settings",
     "hdbet_version",
     "hdbet_weights_folder",
+    "looks_skull_stripped",
     "resolve_skull_strip",
+    "stripped_inputs",
 ]
 
 #: Where HD-BET expects its checkpoint, relative to its weights folder.
@@ -382,3 +386,224 @@ def hdbet_v1_brain_mask(
         "seconds": round(time.perf_counter() - started, 3),
     }
     return mask, record
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs that are skull-stripped already, and brain masks that cut away brain
+
+#: What ``auto`` takes for a scan already skull-stripped (docs/preprocessing.md): at least this share of the
+#: field of view is one constant background value, ...
+STRIPPED_MIN_BACKGROUND = 0.3
+#: ... the tissue (everything else) touches at most this share of the field of view's faces, ...
+STRIPPED_MAX_BORDER = 0.02
+#: ... at most this share of the tissue lies outside its largest connected piece, ...
+STRIPPED_MAX_OUTSIDE = 0.02
+#: ... and the tissue measures what a brain measures (ml), not what a head with its skull and scalp does.
+STRIPPED_BRAIN_ML = (500.0, 2400.0)
+#: A brain mask keeping less than this share of a brain-sized input's tissue has cut away brain.
+PLAUSIBLE_KEPT_FRACTION = 0.85
+#: Bright voxels (FLAIR-hyperintense, like lesions) within this many mm outside the brain mask ...
+LESION_SHELL_MM = 3.0
+#: ... that add up to this many mm³ mean the mask may have cut lesions away.
+LESION_OUTSIDE_MM3 = 50.0
+
+
+@dataclass(frozen=True)
+class StrippedCheck:
+    """Whether a scan looks skull-stripped already, and the figures that decided it.
+
+    Attributes
+    ----------
+    stripped : bool
+        All four criteria hold (see :func:`looks_skull_stripped`).
+    background_value : float
+        The value most frequent on the field of view's faces.
+    background_fraction : float
+        Share of the field of view holding exactly that value.
+    border_fraction : float
+        Share of the faces' voxels that are tissue.
+    outside_fraction : float
+        Share of the tissue outside its largest connected piece.
+    tissue_ml : float
+        Volume of the tissue (every voxel that is not background).
+    """
+
+    stripped: bool
+    background_value: float
+    background_fraction: float
+    border_fraction: float
+    outside_fraction: float
+    tissue_ml: float
+
+    def to_dict(self) -> dict[str, float | bool]:
+        return {
+            "stripped": self.stripped,
+            "background_value": self.background_value,
+            "background_fraction": round(self.background_fraction, 4),
+            "border_fraction": round(self.border_fraction, 4),
+            "outside_fraction": round(self.outside_fraction, 4),
+            "tissue_ml": round(self.tissue_ml, 1),
+        }
+
+
+def _faces(data: np.ndarray) -> np.ndarray:
+    return np.concatenate(
+        [face.ravel() for axis in range(3) for face in (np.take(data, 0, axis), np.take(data, -1, axis))]
+    )
+
+
+def looks_skull_stripped(data: np.ndarray, affine: np.ndarray) -> StrippedCheck:
+    """Whether a scan is skull-stripped already: a brain-shaped support on a constant background.
+
+    A stripped scan has a background of one exact value (0 as a rule) over much of its field of
+    view (at least :data:`STRIPPED_MIN_BACKGROUND`), its tissue stays clear of the field of view's
+    faces (:data:`STRIPPED_MAX_BORDER`), lies in one piece (:data:`STRIPPED_MAX_OUTSIDE` outside
+    the largest) and measures what a brain measures (:data:`STRIPPED_BRAIN_ML`). A raw scan has
+    noise in the air around the head, and a raw scan whose scanner set the air to 0 still shows a
+    head: larger than a brain, and cut by the field of view.
+
+    Parameters
+    ----------
+    data : ndarray
+        The scan on its native grid.
+    affine : ndarray
+        Its affine (for the voxel volume).
+
+    Returns
+    -------
+    StrippedCheck
+
+    Examples
+    --------
+    >>> brain = np.zeros((40, 40, 40), np.float32)
+    >>> brain[8:32, 8:32, 8:32] = 1.0
+    >>> looks_skull_stripped(brain, np.diag([4.0, 4.0, 4.0, 1.0])).stripped  # 24³ voxels of 4 mm: 885 ml
+    True
+    """
+    from msnewlesion.lesions import largest_component
+
+    faces = _faces(data)
+    values, counts = np.unique(faces, return_counts=True)
+    background_value = values[int(counts.argmax())]
+    tissue = data != background_value
+    tissue_voxels = int(np.count_nonzero(tissue))
+    background_fraction = 1.0 - tissue_voxels / tissue.size
+    border_fraction = float(np.count_nonzero(faces != background_value)) / faces.size
+    voxel_ml = float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    if tissue_voxels == 0:
+        return StrippedCheck(False, float(background_value), background_fraction, border_fraction, 0.0, 0.0)
+    outside_fraction = 1.0 - float(np.count_nonzero(largest_component(tissue))) / tissue_voxels
+    tissue_ml = tissue_voxels * voxel_ml
+    stripped = (
+        background_fraction >= STRIPPED_MIN_BACKGROUND
+        and border_fraction <= STRIPPED_MAX_BORDER
+        and outside_fraction <= STRIPPED_MAX_OUTSIDE
+        and STRIPPED_BRAIN_ML[0] <= tissue_ml <= STRIPPED_BRAIN_ML[1]
+    )
+    return StrippedCheck(
+        bool(stripped), float(background_value), background_fraction, border_fraction, outside_fraction, tissue_ml
+    )
+
+
+def brain_mask_warnings(
+    check: StrippedCheck,
+    brain_ml: float,
+    image: np.ndarray,
+    brain: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    what: str = "the baseline FLAIR",
+) -> list[str]:
+    """Warnings about a brain mask from skull stripping that cut away brain.
+
+    Parameters
+    ----------
+    check : StrippedCheck
+        :func:`looks_skull_stripped` of the scan the mask was made from (its tissue volume).
+    brain_ml : float
+        The brain mask's volume.
+    image : ndarray
+        The scan's intensities on a grid around the mask (the preprocessing's cropped grid, before
+        bias correction and normalisation).
+    brain : ndarray of bool
+        The mask on that grid.
+    spacing : sequence of float
+        That grid's voxel size in mm.
+    what : str
+        Names the scan in the messages.
+
+    Returns
+    -------
+    list of str
+        One warning when the mask keeps less than :data:`PLAUSIBLE_KEPT_FRACTION` of the tissue of
+        a scan whose tissue is brain-sized (a stripped input stripped again), one when bright,
+        lesion-like voxels (above the brain's median by 4 robust standard deviations) that continue
+        across the mask's edge add up to :data:`LESION_OUTSIDE_MM3` or more within
+        :data:`LESION_SHELL_MM` outside the mask.
+    """
+    from scipy import ndimage
+
+    warnings = []
+    advice = "check qc.png, and pass --skull-strip none when the inputs are already skull-stripped, or --brain-mask"
+    if (
+        check.background_fraction >= STRIPPED_MIN_BACKGROUND
+        and check.tissue_ml <= STRIPPED_BRAIN_ML[1]
+        and brain_ml < PLAUSIBLE_KEPT_FRACTION * check.tissue_ml
+    ):
+        warnings.append(
+            f"skull stripping kept {brain_ml:.0f} of the {check.tissue_ml:.0f} ml of tissue in {what}, which is "
+            f"brain-sized already: the brain mask may have cut away brain; {advice}"
+        )
+    brain = np.asarray(brain, dtype=bool)
+    inside = np.asarray(image, dtype=np.float64)[brain]
+    if inside.size < 100:
+        return warnings
+    median = float(np.median(inside))
+    spread = 1.4826 * float(np.median(np.abs(inside - median)))
+    if spread <= 0:
+        return warnings
+    voxel_mm = np.asarray(spacing, dtype=np.float64)
+    reach = np.maximum(np.round(LESION_SHELL_MM / voxel_mm).astype(int), 1)
+    structure = np.ones(tuple(2 * r + 1 for r in reach), dtype=bool)
+    shell = ndimage.binary_dilation(brain, structure=structure) & ~brain
+    band = brain & ~ndimage.binary_erosion(brain, structure=structure)
+    bright = np.asarray(image) > median + 4.0 * spread
+    # A lesion the mask cut through is bright on both sides of the mask's edge; bright fat or vessels
+    # outside the brain are not bright just inside it.
+    labels, count = ndimage.label((shell | band) & bright)
+    if count:
+        index = np.arange(1, count + 1)
+        inside = np.asarray(ndimage.sum(band, labels, index))
+        outside = np.asarray(ndimage.sum(shell, labels, index))
+        # A few bright voxels just inside (partial volume at the skull base) do not make a lesion: the part
+        # inside must be a quarter of the part outside, and 5 mm³, at least.
+        cut = np.zeros(count + 1, dtype=bool)
+        cut[1:] = (inside >= 0.25 * outside) & (inside * float(np.prod(voxel_mm)) >= 5.0)
+        cut_voxels = int(np.count_nonzero(cut[labels] & shell))
+        cut_mm3 = cut_voxels * float(np.prod(voxel_mm))
+        if cut_mm3 >= LESION_OUTSIDE_MM3:
+            warnings.append(
+                f"{cut_mm3:.0f} mm³ of bright, lesion-like voxels that continue inside the brain mask of {what} lie "
+                f"just outside it (within {LESION_SHELL_MM:g} mm): the mask may have cut through lesions; {advice}"
+            )
+    return warnings
+
+
+def stripped_inputs(baseline: Volume, followup: Volume) -> dict[str, Any] | None:
+    """What ``auto`` found about each input when one or both are skull-stripped already, else None.
+
+    The brain is then the voxels that are non-zero in both time points (as with ``none``): a
+    stripped scan's support bounds it even when the other scan keeps its skull.
+
+    Examples
+    --------
+    >>> stripped_inputs(baseline, followup)["baseline"]["stripped"]  # doctest: +SKIP
+    True
+    """
+    checks = {
+        "baseline": looks_skull_stripped(baseline.data, baseline.affine),
+        "followup": looks_skull_stripped(followup.data, followup.affine),
+    }
+    if not any(check.stripped for check in checks.values()):
+        return None
+    return {key: check.to_dict() for key, check in checks.items()}

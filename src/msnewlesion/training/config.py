@@ -193,6 +193,8 @@ class TrainConfig:
             problems.append(f"workers must not be negative, got {self.workers}")
         if self.patch_size < 16 or self.patch_size % 16:
             problems.append(f"patch_size must be a multiple of 16 (four poolings), got {self.patch_size}")
+        else:
+            problems.extend(self._bottleneck_problems())
         if not 0.0 <= self.longitudinal_fraction <= 1.0:
             problems.append(f"longitudinal_fraction must be in [0, 1], got {self.longitudinal_fraction}")
         if not 0.0 <= self.dropout < 1.0:
@@ -219,6 +221,22 @@ class TrainConfig:
         problems.extend(_input_domain_problems(self.input_domain))
         if problems:
             raise InputError("invalid training config: " + "; ".join(problems))
+
+    def _bottleneck_problems(self) -> list[str]:
+        """Settings whose normalisation would see a single value at the network's deepest level (PyTorch refuses)."""
+        deepest = (self.patch_size // 16) ** 3  # voxels of one patch after four poolings
+        if self.norm == "batch" and self.batch_size * deepest < 2:
+            return [
+                f"batch_size {self.batch_size} with patch_size {self.patch_size} leaves batch norm one value per "
+                "channel at the deepest level, which cannot be trained: use batch_size 2 or more, patch_size 32 or "
+                "more, or norm instance with patch_size 32 or more"
+            ]
+        if self.norm == "instance" and deepest < 2:
+            return [
+                f"patch_size {self.patch_size} leaves instance norm one voxel per channel at the deepest level, which "
+                "cannot be trained: use patch_size 32 or more, or norm batch with batch_size 2 or more"
+            ]
+        return []
 
     def _coerce(self) -> list[str]:
         """Give every field its declared type, naming each one that cannot be (YAML reads ``1e-3`` as text)."""
