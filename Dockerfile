@@ -42,8 +42,11 @@ RUN useradd --uid 1000 --user-group --create-home --shell /bin/sh msnewlesion
 COPY --from=build /opt/msnewlesion /opt/msnewlesion
 
 # MPLCONFIGDIR: matplotlib needs a writable folder, and HOME is not writable for every user a runtime
-# picks (docker run --user). PYTHONNOUSERSITE: Apptainer binds the host's HOME, whose ~/.local packages
-# must not shadow the image's. Nothing is written next to the code (no .pyc at run time).
+# picks (docker run --user). It is writable by all (sticky, as /tmp) and holds the font cache made here,
+# so that no run rebuilds it and a second user can still use it. PYTHONNOUSERSITE: Apptainer binds the
+# host's HOME, whose ~/.local packages must not shadow the image's. No .pyc is written at run time.
+RUN mkdir -m 1777 /tmp/matplotlib \
+    && MPLCONFIGDIR=/tmp/matplotlib /opt/msnewlesion/bin/python -c "import matplotlib.font_manager"
 ENV PATH=/opt/msnewlesion/bin:${PATH} \
     MPLCONFIGDIR=/tmp/matplotlib \
     PYTHONNOUSERSITE=1 \
@@ -55,7 +58,8 @@ WORKDIR /home/msnewlesion
 ENTRYPOINT ["msnewlesion"]
 CMD ["--help"]
 
-# Last, so that a new CREATED or REVISION leaves every cached layer above in use.
+# Last, so that a new CREATED or REVISION leaves every cached layer above in use (buildah --layers keeps
+# even this one: container/test.sh gives those two labels with --label).
 ARG VERSION=0.1.0
 ARG REVISION=
 ARG CREATED=

@@ -90,7 +90,7 @@ if [[ ${REBUILD:-0} == 1 ]]; then
 fi
 
 # --- 1. the base: Debian with Python 3 and venv -------------------------------------------------------
-base_s=reused
+base_note="reused (made by an earlier run)"
 if ! store inspect --type image "$BASE_IMAGE" >/dev/null 2>&1; then
     step "base image $BASE_IMAGE: debootstrap $SUITE from $MIRROR"
     start=$SECONDS
@@ -107,8 +107,8 @@ if ! store inspect --type image "$BASE_IMAGE" >/dev/null 2>&1; then
         --env LANG=C.UTF-8 --cmd /usr/bin/python3 "$container"
     store commit --rm --quiet "$container" "$BASE_IMAGE" >/dev/null
     rm -rf -- "$WORK/rootfs"
-    base_s=$((SECONDS - start))
-    echo "base made in ${base_s} s"
+    base_note="$((SECONDS - start)) s (debootstrap and import)"
+    echo "base made in $base_note"
 fi
 
 # --- 2. the image ----------------------------------------------------------------------------------------
@@ -120,8 +120,8 @@ store bud --isolation chroot --layers --pull=never \
     --build-arg TORCH_INDEX_URL=https://pypi.org/simple \
     --build-arg PIP_CA_BUNDLE=/run/host-ca-bundle.crt \
     --build-arg VERSION="$VERSION" \
-    --build-arg REVISION="$(git -C "$REPO" rev-parse HEAD 2>/dev/null || true)" \
-    --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    --label org.opencontainers.image.revision="$(git -C "$REPO" rev-parse HEAD 2>/dev/null || true)" \
+    --label org.opencontainers.image.created="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     --volume "$(dirname "$TORCH_WHEEL"):/wheels:ro" \
     --volume "$CA_BUNDLE:/run/host-ca-bundle.crt:ro" \
     --file "$REPO/Dockerfile" --tag "$IMAGE" "$REPO" >"$WORK/build.log" 2>&1 ||
@@ -207,8 +207,10 @@ in_image --user "$TEST_UID:$TEST_UID" "${mounts[@]}" "$container" -- \
 demo_s=$((SECONDS - start))
 cat "$WORK/demo.err"
 demo_f1=$(json_get "$WORK/demo.json" lesion_f1)
-echo "demo: lesion-wise F1 $demo_f1, Dice $(json_get "$WORK/demo.json" dice), ${demo_s} s"
+demo_dice=$(printf '%.2f' "$(json_get "$WORK/demo.json" dice)")
+echo "demo: lesion-wise F1 $demo_f1, Dice $demo_dice, ${demo_s} s"
 python3 -c "import sys; sys.exit(float('$demo_f1') < 0.99)" || fail "demo F1 $demo_f1 below the documented 1.00"
+demo_f1=$(printf '%.2f' "$demo_f1")
 [[ -f $WORK/out/demo/run/summary.json && -f $WORK/out/demo/run/new_lesions.nii.gz ]] || fail "demo outputs"
 
 step "/data is read-only inside"
@@ -235,19 +237,27 @@ done
 summary=$anat/sub-01_ses-02_desc-since01_summary.json
 new_count=$(python3 -c "import json; print(json.load(open('$summary'))['new_lesions']['count'])")
 new_volume=$(python3 -c "import json; print(round(json.load(open('$summary'))['new_lesions']['volume_mm3']))")
-skull_strip=$(python3 -c "import json; s = json.load(open('$summary')); print(json.dumps(s.get('preprocessing', {}).get('skull_strip', s.get('skull_strip'))))" 2>/dev/null || echo "?")
+skull_strip=$(python3 - "$summary" <<'EOF'
+import json, sys
+steps = json.load(open(sys.argv[1]))["preprocessing"]["steps"]
+step = next(step for step in steps if step["step"] == "skull_strip")
+print(f"{step['method']} ({step.get('package', 'no package')}), {step.get('seconds', '?')} s")
+EOF
+)
 echo "participant level: ${participant_s} s; ses-01 -> ses-02: $new_count new lesions, $new_volume mm³"
 
 step "evaluate the BIDS new-lesion mask against the example's known new lesions"
 msnewlesion evaluate /out/bids/sub-01/ses-02/anat/sub-01_ses-02_space-orig_label-newlesion_desc-since01_mask.nii.gz \
     /truth/new_lesions.nii.gz --json >"$WORK/bids_eval.json" 2>/dev/null || fail "evaluate"
-bids_f1=$(json_get "$WORK/bids_eval.json" lesion_f1)
-bids_dice=$(json_get "$WORK/bids_eval.json" dice)
+bids_f1=$(printf '%.2f' "$(json_get "$WORK/bids_eval.json" lesion_f1)")
+bids_dice=$(printf '%.2f' "$(json_get "$WORK/bids_eval.json" dice)")
 echo "BIDS new-lesion mask: lesion-wise F1 $bids_f1, Dice $bids_dice"
 
-step "bids /data /out/bids group"
+step "bids /data /out/bids group --participant_label 01"
 start=$SECONDS
-msnewlesion bids /data /out/bids group --quiet 2>&1 | tee "$WORK/group.log" || fail "group level"
+# The BIDS-Apps spelling of the label option, as other BIDS Apps' users will type it.
+msnewlesion bids /data /out/bids group --participant_label 01 --quiet 2>&1 | tee "$WORK/group.log" ||
+    fail "group level"
 group_s=$((SECONDS - start))
 for file in group_newlesions.tsv group_newlesions.png group_newlesions.html; do
     [[ -s $WORK/out/bids/$file ]] || fail "missing group output $file"
@@ -262,21 +272,29 @@ assert rows[0]["status"] == "done", rows[0]
 assert int(rows[0]["new_lesion_count"]) == int(sys.argv[2]), rows[0]
 EOF
 
+step "stderr of every run: no complaint about the environment"
+# What a user of the image should never see: a folder it cannot write, a download attempt.
+if grep -i -E "not a writable directory|temporary cache directory|connection|resolve host|urlopen" \
+    "$WORK/demo.err" "$WORK/participant.log" "$WORK/group.log"; then
+    fail "the runs above complained about their environment"
+fi
+echo "none"
+
 step "/data unchanged"
 checksums >"$WORK/data.after"
 cmp -s "$WORK/data.before" "$WORK/data.after" || fail "/data changed: diff $WORK/data.before $WORK/data.after"
-echo "the $(grep -c FLAIR "$WORK/data.after") FLAIR files and the listing of /data are the same as before (sha256)"
+echo "the listing of /data and the sha256 of its $(find "$WORK/data" -type f | wc -l) files are the same as before"
 
 cat <<EOF | tee "$WORK/report.txt"
 
 === container/test.sh passed ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPU cores)
 image            $IMAGE, base $BASE_IMAGE, $(basename "$TORCH_WHEEL")
-base (debootstrap) ${base_s} s
+base             $base_note
 build            ${build_s} s
 image size       $size uncompressed; the virtual environment $venv_mb MB, largest: $largest
 user             $image_user (uid $uid); demo also as uid $TEST_UID; no network inside
-demo             lesion-wise F1 $demo_f1 against the example's known new lesions, ${demo_s} s
-bids participant ${participant_s} s: $new_count new lesions ($new_volume mm³), lesion-wise F1 $bids_f1, Dice $bids_dice
+demo             $(json_get "$WORK/demo.json" n_pred_lesions) new lesions, lesion-wise F1 $demo_f1 and Dice $demo_dice against the example's $(json_get "$WORK/demo.json" n_ref_lesions) known ones, ${demo_s} s
+bids participant ${participant_s} s: $new_count new lesions ($new_volume mm³), lesion-wise F1 $bids_f1 and Dice $bids_dice against the known ones
                  skull stripping: $skull_strip
 bids group       ${group_s} s: group_newlesions.tsv, .png, .html
 /data            read-only mount, unwritable, unchanged (sha256 of every file)
