@@ -42,6 +42,8 @@ from msnewlesion.lesions import bounding_box
 from msnewlesion.preprocess.geometry import (
     INTERPOLATION_ORDERS,
     Grid,
+    block_factors,
+    block_mean,
     common_grid,
     fov_corners,
     half_transform,
@@ -58,7 +60,7 @@ from msnewlesion.preprocess.pair import (
     save_preprocessed,
     to_native,
 )
-from msnewlesion.preprocess.registration import RegistrationError
+from msnewlesion.preprocess.registration import RIGID_SCHEDULES, RegistrationError
 from msnewlesion.preprocess.skullstrip import SKULL_STRIP_METHODS
 from msnewlesion.progress import ProgressCallback, report
 
@@ -183,6 +185,18 @@ class _Inputs:
     follow: Volume
     user_mask: Volume | None
     skull_strip: str  # what makes the brain mask: "mask" (the user's), "hd-bet", "hd-bet-v1" or "none"
+    # What registration, skull stripping and resampling read: each scan as it is, or, where it is finer
+    # than the common grid, its block means at about the grid's spacing (made once, anti-aliased).
+    base_work: Volume
+    follow_work: Volume
+
+
+def _working_copy(volume: Volume, spacing: tuple[float, float, float]) -> Volume:
+    factors = block_factors(volume.spacing, min(spacing))
+    if all(f == 1 for f in factors):
+        return volume
+    data, affine = block_mean(volume.data, volume.affine, factors)
+    return Volume(data, affine, None, volume.path)
 
 
 @dataclass
@@ -224,7 +238,14 @@ def _read_inputs(
                 "share one grid; let msnewlesion register them instead (space halfway, baseline or followup)."
             ) from None
     report(progress, "read", 2, 2)
-    return _Inputs(base, follow, user_mask, skull_strip)
+    return _Inputs(
+        base,
+        follow,
+        user_mask,
+        skull_strip,
+        _working_copy(base, options.spacing),
+        _working_copy(follow, options.spacing),
+    )
 
 
 def _register(
@@ -239,20 +260,25 @@ def _register(
         return _Registration(np.eye(4), np.eye(4), {"space": "none", "enabled": False})
     from msnewlesion.preprocess.registration import register_rigid
 
-    report(progress, "registration", 0, 1)
     describe = (
         f"registration of the follow-up FLAIR {follow.name} onto the baseline FLAIR {base.name} ({options.transform})"
     )
+    fixed_mask = None
+    if inputs.user_mask is not None:
+        factors = block_factors(base.spacing, min(options.spacing))
+        fixed_mask = block_mean(inputs.user_mask.data.astype(np.float32), base.affine, factors)[0] >= 0.5
+    # One more step than antsRegistration's levels: the check of the result (see preprocess_pair).
     followup_from_baseline = register_rigid(
-        base.data,
-        base.affine,
-        follow.data,
-        follow.affine,
+        inputs.base_work.data,
+        inputs.base_work.affine,
+        inputs.follow_work.data,
+        inputs.follow_work.affine,
         transform=options.transform,
         seed=options.seed,
-        fixed_mask=inputs.user_mask.data if inputs.user_mask is not None else None,
+        fixed_mask=fixed_mask,
         describe=describe,
         scratch_dir=scratch_dir,
+        progress=lambda done, levels: report(progress, "registration", done, levels + 1),
     )
     rotation = rotation_angle_degrees(followup_from_baseline)
     if rotation > options.max_rotation_degrees:
@@ -274,7 +300,14 @@ def _register(
     record = {
         "space": options.registration,
         "enabled": True,
-        "method": f"antspyx {options.transform}, Mattes mutual information, follow-up onto baseline",
+        "method": (
+            f"antsRegistration (antspyx) {options.transform}: multi-resolution rigid, Mattes mutual information, "
+            "from the centres of mass, each level until converged; follow-up onto baseline"
+        ),
+        "resolution_mm": {
+            "baseline": [round(s, 4) for s in inputs.base_work.spacing],
+            "followup": [round(s, 4) for s in inputs.follow_work.spacing],
+        },
         "transform": options.transform,
         "seed": options.seed,
         "fixed_mask": "the brain mask given" if inputs.user_mask is not None else None,
@@ -291,10 +324,10 @@ def _check_registration(
     inputs: _Inputs, registration: _Registration, full_grid: Grid, options: PreprocessOptions
 ) -> None:
     similarity = _registration_similarity(
-        inputs.base.data,
-        inputs.base.affine,
-        inputs.follow.data,
-        inputs.follow.affine,
+        inputs.base_work.data,
+        inputs.base_work.affine,
+        inputs.follow_work.data,
+        inputs.follow_work.affine,
         registration.to_baseline,
         registration.to_followup,
         full_grid,
@@ -324,7 +357,7 @@ def _brain_mask_on(
     progress: ProgressCallback | None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """The brain mask on the full common grid (and the baseline there, when HD-BET needed it)."""
-    base, follow = inputs.base, inputs.follow
+    base, follow = inputs.base_work, inputs.follow_work
     if inputs.skull_strip in ("mask", "none"):
         report(progress, "brain mask", 0, 1)
         if inputs.user_mask is not None:
@@ -347,7 +380,7 @@ def _brain_mask_on(
             mode=options.skull_strip_mode,
             device=options.device,
             engine=options.engine,
-            what=f"the baseline FLAIR {base.name}",
+            what=f"the baseline FLAIR {inputs.base.name}",
         )
         report(progress, "skull stripping (HD-BET v1)", 1, 1)
         return brain, None, {**record, "on": "the baseline, in the common space"}
@@ -358,7 +391,7 @@ def _brain_mask_on(
     baseline_full = resample(base.data, base.affine, full_grid, registration.to_baseline, order=order)
     report(progress, "skull stripping (HD-BET)", 1, 2)
     brain, settings = hdbet_brain_mask(
-        baseline_full, full_grid.affine, device=options.device, what=f"the baseline FLAIR {base.name}"
+        baseline_full, full_grid.affine, device=options.device, what=f"the baseline FLAIR {inputs.base.name}"
     )
     report(progress, "skull stripping (HD-BET)", 2, 2)
     return brain, baseline_full, {"method": "HD-BET 2 on the baseline in the common space", **settings}
@@ -425,7 +458,8 @@ def preprocess_pair(
     full_grid = _full_grid(inputs, registration, options)
     if options.registration != "none":
         _check_registration(inputs, registration, full_grid, options)
-        report(progress, "registration", 1, 1)
+        levels = sum(len(stage.iterations) for stage in RIGID_SCHEDULES[options.transform])
+        report(progress, "registration", levels + 1, levels + 1)
     clock.add("registration", step, **registration.record)
 
     step = time.perf_counter()
@@ -524,8 +558,8 @@ def _resample(
     options: PreprocessOptions,
     progress: ProgressCallback | None,
 ) -> _OnCommonGrid:
-    """Reorientation, resampling and cropping in one interpolation from each native grid."""
-    base, follow = inputs.base, inputs.follow
+    """Reorientation, resampling and cropping in one interpolation from each native grid (or its block means)."""
+    base, follow = inputs.base_work, inputs.follow_work
     order = INTERPOLATION_ORDERS[options.interpolation]
     report(progress, "resampling", 0, 2)
     crop = bounding_box(brain_full, options.crop_margin)
