@@ -268,6 +268,7 @@ def _register(
         factors = block_factors(base.spacing, min(options.spacing))
         fixed_mask = block_mean(inputs.user_mask.data.astype(np.float32), base.affine, factors)[0] >= 0.5
     # One more step than antsRegistration's levels: the check of the result (see preprocess_pair).
+    iterations: list[int] = []
     followup_from_baseline = register_rigid(
         inputs.base_work.data,
         inputs.base_work.affine,
@@ -279,6 +280,7 @@ def _register(
         describe=describe,
         scratch_dir=scratch_dir,
         progress=lambda done, levels: report(progress, "registration", done, levels + 1),
+        iterations=iterations,
     )
     rotation = rotation_angle_degrees(followup_from_baseline)
     if rotation > options.max_rotation_degrees:
@@ -304,6 +306,7 @@ def _register(
             f"antsRegistration (antspyx) {options.transform}: multi-resolution rigid, Mattes mutual information, "
             "from the centres of mass, each level until converged; follow-up onto baseline"
         ),
+        "iterations_per_level": iterations,
         "resolution_mm": {
             "baseline": [round(s, 4) for s in inputs.base_work.spacing],
             "followup": [round(s, 4) for s in inputs.follow_work.spacing],

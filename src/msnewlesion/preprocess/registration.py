@@ -245,8 +245,8 @@ class _Worker:
             process.kill()
             process.wait()
 
-    def run(self, request: tuple[Any, ...], on_level: Callable[[], None] | None = None) -> tuple[str, Any]:
-        """Send one request and wait for its answer; ``on_level`` is called as each resolution level starts."""
+    def run(self, request: tuple[Any, ...], on_iteration: Callable[[int], None] | None = None) -> tuple[str, Any]:
+        """Send one request and wait for its answer; ``on_iteration`` is told each iteration's number in its level."""
         with self.lock:
             if self.process is None or self.process.poll() is not None:
                 self.process = self._start()
@@ -256,7 +256,7 @@ class _Worker:
             try:
                 pickle.dump(request, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
                 process.stdin.flush()
-                log = _wait_for_answer(process, on_level)
+                log = _wait_for_answer(process, on_iteration)
                 return pickle.load(process.stdout)
             except (EOFError, OSError, pickle.UnpicklingError):
                 code = process.wait()
@@ -268,11 +268,11 @@ class _Worker:
                 raise
 
 
-#: The first iteration of a resolution level in antsRegistration's verbose output.
-_LEVEL_START = re.compile(rb"DIAGNOSTIC,\s+1,")
+#: An iteration in antsRegistration's verbose output (its number; 1 starts a resolution level).
+_ITERATION = re.compile(rb"DIAGNOSTIC,\s+(\d+),")
 
 
-def _wait_for_answer(process: subprocess.Popen[bytes], on_level: Callable[[], None] | None) -> list[str]:
+def _wait_for_answer(process: subprocess.Popen[bytes], on_iteration: Callable[[int], None] | None) -> list[str]:
     """Wait for the worker's answer in slices of 0.2 s, reading its log meanwhile; the log's last lines.
 
     A Ctrl-C may be delivered to any thread of this process (PyTorch's and ITK's threads do not block
@@ -295,9 +295,10 @@ def _wait_for_answer(process: subprocess.Popen[bytes], on_level: Callable[[], No
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
             for line in lines:
-                if _LEVEL_START.search(line):
-                    if on_level is not None:
-                        on_level()
+                iteration = _ITERATION.search(line)
+                if iteration is not None:
+                    if on_iteration is not None:
+                        on_iteration(int(iteration.group(1)))
                 elif line.strip() and not line.lstrip().startswith(b"DIAGNOSTIC"):
                     tail = [*tail[-19:], line.decode("utf-8", "replace")]
             continue  # the log is read up to the answer before the answer is
@@ -323,6 +324,7 @@ def register_rigid(
     describe: str = "the registration",
     scratch_dir: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    iterations: list[int] | None = None,
 ) -> np.ndarray:
     """Rigidly register ``moving`` onto ``fixed`` (Mattes mutual information, antspyx).
 
@@ -351,6 +353,9 @@ def register_rigid(
         the system's temporary folder when None.
     progress : callable, optional
         Called with (levels done, levels in all) as each resolution level starts and at the end.
+    iterations : list, optional
+        Filled with the iterations each resolution level ran before it converged or reached its
+        most (POSIX only: read from antsRegistration's log).
 
     Returns
     -------
@@ -377,13 +382,15 @@ def register_rigid(
         mask_data, _ = without_shear(np.asarray(fixed_mask, dtype=bool), fixed_affine, order=0)
         mask = mask_data.astype(np.float32)
     levels = sum(len(stage.iterations) for stage in RIGID_SCHEDULES[transform])
-    started = 0
+    per_level: list[int] = []
 
-    def level_started() -> None:
-        nonlocal started
-        if progress is not None and started < levels:
-            progress(started, levels)
-        started += 1
+    def iteration_done(number: int) -> None:
+        if number == 1:
+            if progress is not None and len(per_level) < levels:
+                progress(len(per_level), levels)
+            per_level.append(0)
+        if per_level:
+            per_level[-1] = number
 
     with tempfile.TemporaryDirectory(prefix="msnewlesion-registration-", dir=scratch_dir) as workdir:
         status, value = _WORKER.run(
@@ -394,12 +401,14 @@ def register_rigid(
                 transform,
                 seed,
                 str(Path(workdir) / "rigid_"),
-                progress is not None,
+                True,
             ),
-            on_level=level_started,
+            on_iteration=iteration_done,
         )
     if progress is not None:
         progress(levels, levels)
+    if iterations is not None:
+        iterations[:] = per_level
     if status == "error":
         raise RegistrationError(f"{describe} failed in antspyx: {value}")
     if status != "ok":  # a bug in the child: keep its traceback
