@@ -291,7 +291,7 @@ def test_an_ants_failure_names_both_files_and_the_step(phantom_pair, monkeypatch
     assert _registration_worker._register(request) == ("error", "Registration failed with error code 1")
     # ... that the parent turns into an error naming both files and the step.
     answer = ("error", "Registration failed with error code 1")
-    monkeypatch.setattr(registration._WORKER, "run", lambda request, on_level=None: answer)
+    monkeypatch.setattr(registration._WORKER, "run", lambda request, on_iteration=None: answer)
     with pytest.raises(RegistrationError, match=r"registration of the follow-up FLAIR .*ses-02.nii.gz.* failed"):
         preprocess_pair(*phantom_pair, PreprocessOptions(**FAST))
 
