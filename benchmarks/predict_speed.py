@@ -13,10 +13,17 @@
    automatic precision): PyTorch against OpenVINO, for the full-width network and for the default model,
    best of 2 after a warm-up; and the agreement of their masks on the trained default model, in fp32
    and in the automatic precision.
+4. ``--before CHECKOUT``: the whole default predict, before and after, in one run: the code of another
+   checkout (``CHECKOUT/src``, e.g. ``git worktree add /tmp/speed-base 2b60a3f``) and this one, each in
+   its own process and alternating, on the raw LIT pair (patient 01) and the built-in example pair:
+   wall and CPU seconds, seconds per stage, and what changed: the registration's distance from the data
+   set's expert transforms (mean and 95th percentile over its brain mask, mm), the Dice of the brain
+   masks and of the lesion masks (with the lesion counts).
 
     python benchmarks/predict_speed.py             # everything (paper mode takes minutes on 2 cores)
     python benchmarks/predict_speed.py --skip-paper
     python benchmarks/predict_speed.py --engines   # only the engine comparison
+    python benchmarks/predict_speed.py --before /tmp/speed-base [--rounds 2] [--pairs lit]
 
 Run by hand; the numbers measured are in docs/performance.md.
 """
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -158,6 +166,131 @@ def compare_engines(pair: Path) -> None:
         print(f"{DEFAULT_MODEL}: Dice between the engines' masks, {precision}: {agreement}")
 
 
+LIT_PAIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "lit" / "longitudinal" / "patient01"
+STAGES = ("registration", "skull_strip", "reorient_and_resample", "bias_correction", "normalisation")
+
+
+def whole_predict_child(baseline: str, followup: str, output: Path) -> None:
+    """Child process: what ``msnewlesion predict BASE FU -o OUT`` does, keeping the brain mask as well."""
+    from msnewlesion.hub import DEFAULT_MODEL
+    from msnewlesion.predict import open_model, predict_pair, write_prediction
+
+    model, provenance = open_model(DEFAULT_MODEL)
+    prediction = predict_pair(baseline, followup, model, provenance=provenance, scratch_dir=output.parent)
+    write_prediction(prediction, output, inputs=[Path(baseline), Path(followup)])
+    brain = prediction.common.brain_mask
+    np.savez_compressed(
+        output / "brain.npz",
+        brain=brain.data.astype(bool),
+        affine=brain.affine,
+        to_baseline=prediction.common.common_to_baseline,
+    )
+
+
+def _run_whole(source: Path, pair: tuple[str, str], output: Path) -> dict:
+    code = f"import sys; from pathlib import Path; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+    code += f"import predict_speed; predict_speed.whole_predict_child({pair[0]!r}, {pair[1]!r}, Path({str(output)!r}))"
+    environment = {**os.environ, "PYTHONPATH": str(source / "src")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=environment, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    summary = json.loads((output / "summary.json").read_text())
+    return {"wall": wall, "cpu": cpu, "summary": summary, "folder": output}
+
+
+def _expert_distances(summary: dict) -> tuple[float, float]:
+    """Mean and 95th percentile (mm) of |ours − data set's| over the data set's brain mask."""
+    from msnewlesion.io import load_mask
+    from msnewlesion.preprocess.transforms import lps_to_ras, read_itk_affine
+
+    def to_study(study: int) -> np.ndarray:  # common space of the data set → study's world
+        return lps_to_ras(read_itk_affine(LIT_PAIR / f"study{study}_FLAIR_to_common_space.txt"))
+
+    theirs = to_study(2) @ np.linalg.inv(to_study(1))
+    ours = np.array(summary["preprocessing"]["registration"]["followup_from_baseline_ras"])
+    brain = load_mask(LIT_PAIR / "brainmask.nii.gz")
+    points = np.c_[np.argwhere(brain.data), np.ones(int(brain.data.sum()))].T
+    points = to_study(1) @ brain.affine @ points  # on study 1's world
+    distances = np.linalg.norm(((ours - theirs) @ points)[:3], axis=0)
+    return float(distances.mean()), float(np.percentile(distances, 95))
+
+
+def _brain_dice(old: Path, new: Path) -> float:
+    """Dice of two brain masks on their common grids, the old one carried through the baseline's world."""
+    from msnewlesion.preprocess.geometry import Grid, resample
+
+    a, b = np.load(old / "brain.npz"), np.load(new / "brain.npz")
+    grid = Grid(b["brain"].shape, b["affine"])
+    carried = resample(a["brain"], a["affine"], grid, np.linalg.inv(a["to_baseline"]) @ b["to_baseline"], order=0)
+    return dice(carried, b["brain"])
+
+
+def _mask_dice(old: Path, new: Path, name: str) -> float:
+    import nibabel as nib
+
+    return dice(np.asarray(nib.load(str(old / name)).dataobj) > 0, np.asarray(nib.load(str(new / name)).dataobj) > 0)
+
+
+def before_and_after(checkout: Path, rounds: int, pairs: list[str]) -> None:
+    """The whole default predict with the code of ``checkout`` and with this one, alternating."""
+    from msnewlesion.demo import example_pair
+
+    example = example_pair()
+    inputs = {
+        "lit": (str(LIT_PAIR / "study1_FLAIR.nii.gz"), str(LIT_PAIR / "study2_FLAIR.nii.gz")),
+        "example": (str(example.baseline), str(example.followup)),
+    }
+    sources = {"before": checkout.resolve(), "after": Path(__file__).resolve().parents[1]}
+    folder = Path(tempfile.mkdtemp(prefix="predict-before-after-"))
+    threads = os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "default (all cores)")
+    print(f"ITK threads {threads}; load average {os.getloadavg()[0]:.1f}; outputs in {folder}")
+    for pair in pairs:
+        runs: dict[str, list[dict]] = {"before": [], "after": []}
+        for index in range(rounds):
+            order = ("before", "after") if index % 2 == 0 else ("after", "before")
+            for which in order:
+                output = folder / f"{pair}-{which}-{index}"
+                runs[which].append(_run_whole(sources[which], inputs[pair], output))
+                result = runs[which][-1]
+                print(f"{pair} {which} round {index + 1}: {result['wall']:.1f} s wall, {result['cpu']:.1f} s CPU")
+        print(f"\n{pair}: median of {rounds}, seconds")
+        print("| run | wall | CPU | " + " | ".join(STAGES) + " | network | map back | write |")
+        print("|---|" + "---|" * (len(STAGES) + 5))
+        medians = {}
+        for which, results in runs.items():
+            timings = [r["summary"]["timings_s"] for r in results]
+            row = [float(np.median([r["wall"] for r in results])), float(np.median([r["cpu"] for r in results]))]
+            row += [float(np.median([t["preprocess_steps"][stage] for t in timings])) for stage in STAGES]
+            row += [float(np.median([t[key] for t in timings])) for key in ("network", "map_back", "write")]
+            medians[which] = row
+            print(f"| {which} | " + " | ".join(f"{v:.1f}" for v in row) + " |")
+        print(
+            f"ratio before/after: wall {medians['before'][0] / medians['after'][0]:.2f}, "
+            f"CPU {medians['before'][1] / medians['after'][1]:.2f}"
+        )
+        old, new = runs["before"][0], runs["after"][0]
+        if pair == "lit":
+            for which, result in (("before", old), ("after", new)):
+                mean, p95 = _expert_distances(result["summary"])
+                print(
+                    f"registration {which} vs the expert transforms: mean {mean:.3f} mm, 95th percentile {p95:.3f} mm"
+                )
+        print(f"brain mask Dice before/after: {_brain_dice(old['folder'], new['folder']):.4f}")
+        for name, key in (
+            ("new_lesions.nii.gz", "new_lesions"),
+            ("lesions_baseline.nii.gz", "lesions_baseline"),
+            ("lesions_followup.nii.gz", "lesions_followup"),
+        ):
+            counts = [r["summary"][key]["count"] for r in (old, new)]
+            print(
+                f"{name}: Dice {_mask_dice(old['folder'], new['folder'], name):.4f}, lesions before {counts[0]}, "
+                f"after {counts[1]}"
+            )
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         run_mode(Path(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5]))
@@ -165,7 +298,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-paper", action="store_true", help="only the default settings")
     parser.add_argument("--engines", action="store_true", help="only the comparison of the engines")
+    parser.add_argument("--before", type=Path, help="a checkout of the code to compare the whole predict with")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each code per pair (with --before)")
+    parser.add_argument("--pairs", nargs="+", default=["lit", "example"], choices=["lit", "example"])
     args = parser.parse_args()
+    if args.before is not None:
+        before_and_after(args.before, args.rounds, args.pairs)
+        return
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -254,7 +254,7 @@ def test_bias_correction_removes_most_of_a_smooth_field() -> None:
     after = pair.baseline.data[brain] / truth
     # What is left of the field, relative to its size (a uniform scale does not matter).
     assert after.std() / after.mean() < 0.5 * before.std() / before.mean()
-    assert pair.record["steps"][4]["enabled"] is True and pair.record["steps"][4]["shrink_factor"] == 1
+    assert pair.record["steps"][4]["enabled"] is True and pair.record["steps"][4]["shrink_factor"] == [1, 1, 1]
 
 
 def test_a_registration_that_lands_far_off_is_refused(phantom_pair, monkeypatch) -> None:
@@ -278,8 +278,6 @@ def test_a_registration_that_lands_far_off_is_refused(phantom_pair, monkeypatch)
 
 
 def test_an_ants_failure_names_both_files_and_the_step(phantom_pair, monkeypatch) -> None:
-    import ants
-
     import msnewlesion.preprocess.registration as registration
     from msnewlesion.preprocess import _registration_worker
 
@@ -287,13 +285,13 @@ def test_an_ants_failure_names_both_files_and_the_step(phantom_pair, monkeypatch
         raise RuntimeError("Registration failed with error code 1")
 
     # antsRegistration runs in a child process: its failure comes back as an answer ...
-    monkeypatch.setattr(ants, "registration", fail)
+    monkeypatch.setattr(_registration_worker, "run_ants_registration", fail)
     request = ((np.ones((4, 4, 4), np.float32), np.eye(4)), (np.ones((4, 4, 4), np.float32), np.eye(4)), None,
-               "QuickRigid", 1, "/nonexistent/rigid_")  # fmt: skip
+               "QuickRigid", 1, "/nonexistent/rigid_", False)  # fmt: skip
     assert _registration_worker._register(request) == ("error", "Registration failed with error code 1")
     # ... that the parent turns into an error naming both files and the step.
     answer = ("error", "Registration failed with error code 1")
-    monkeypatch.setattr(registration._WORKER, "run", lambda request: answer)
+    monkeypatch.setattr(registration._WORKER, "run", lambda request, on_iteration=None: answer)
     with pytest.raises(RegistrationError, match=r"registration of the follow-up FLAIR .*ses-02.nii.gz.* failed"):
         preprocess_pair(*phantom_pair, PreprocessOptions(**FAST))
 

@@ -23,6 +23,9 @@ __all__ = [
     "RAS_TO_LPS",
     "Grid",
     "axis_directions",
+    "block_affine",
+    "block_factors",
+    "block_mean",
     "check_orientation",
     "common_grid",
     "fov_corners",
@@ -239,6 +242,50 @@ def mean_displacement(a: np.ndarray, b: np.ndarray, points: np.ndarray) -> float
     """Mean distance (mm) between where two 4×4 transforms send the same points (N×3)."""
     homogeneous = np.c_[points, np.ones(len(points))].T
     return float(np.linalg.norm(((a - b) @ homogeneous)[:3], axis=0).mean())
+
+
+def block_factors(spacing: tuple[float, ...], target_mm: float) -> tuple[int, int, int]:
+    """Whole-voxel block sizes per axis that bring voxels finer than ``target_mm`` up to about it.
+
+    Axes already at ``target_mm`` or coarser keep 1 (a block may end up to a quarter coarser).
+
+    Examples
+    --------
+    >>> block_factors((0.5, 0.5, 0.5), 1.0), block_factors((0.72, 0.72, 4.0), 1.0)
+    ((2, 2, 2), (1, 1, 1))
+    """
+    return tuple(max(1, int(target_mm / s + 0.25)) for s in spacing)  # type: ignore[return-value]
+
+
+def block_affine(affine: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """The affine of the centres of blocks of ``factors`` voxels, the first block at voxel 0."""
+    blocks = np.array(affine, dtype=np.float64)
+    blocks[:3, 3] = blocks[:3, :3] @ ((np.asarray(factors) - 1) / 2.0) + blocks[:3, 3]
+    blocks[:3, :3] = blocks[:3, :3] * np.asarray(factors, dtype=np.float64)
+    return blocks
+
+
+def block_mean(data: np.ndarray, affine: np.ndarray, factors: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Means over blocks of ``factors`` voxels (float32) and their affine: an anti-aliased coarser image.
+
+    The last voxels of an axis that do not fill a whole block are dropped (less than one block). The
+    input comes back unchanged when every factor is 1.
+
+    Examples
+    --------
+    >>> means, _ = block_mean(np.arange(8, dtype=np.float32).reshape(2, 2, 2), np.eye(4), (2, 2, 2))
+    >>> means
+    array([[[3.5]]], dtype=float32)
+    """
+    if all(f == 1 for f in factors):
+        return data, affine
+    blocks = tuple(n // f for n, f in zip(data.shape, factors, strict=True))
+    if min(blocks) == 0:
+        raise InputError(f"an image of {data.shape} voxels is smaller than one block of {factors}")
+    trimmed = data[tuple(slice(0, b * f) for b, f in zip(blocks, factors, strict=True))]
+    split = (blocks[0], factors[0], blocks[1], factors[1], blocks[2], factors[2])
+    means = trimmed.astype(np.float32, copy=False).reshape(split).mean(axis=(1, 3, 5), dtype=np.float32)
+    return means, block_affine(affine, factors)
 
 
 def _integer_shift(index_map: np.ndarray) -> np.ndarray | None:

@@ -43,6 +43,8 @@ from msnewlesion.lesions import bounding_box
 from msnewlesion.preprocess.geometry import (
     INTERPOLATION_ORDERS,
     Grid,
+    block_factors,
+    block_mean,
     common_grid,
     fov_corners,
     half_transform,
@@ -57,7 +59,7 @@ from msnewlesion.preprocess.intensity import (
 )
 from msnewlesion.preprocess.options import PreprocessOptions
 from msnewlesion.preprocess.pair import NativeGrid, PreprocessedPair
-from msnewlesion.preprocess.registration import RegistrationError
+from msnewlesion.preprocess.registration import RIGID_SCHEDULES, RegistrationError
 from msnewlesion.progress import ProgressCallback, report
 
 __all__ = ["preprocess_pair"]
@@ -169,8 +171,20 @@ class _Inputs:
     follow: Volume
     user_mask: Volume | None
     skull_strip: str  # what makes the brain mask: "mask" (the user's), "hd-bet", "hd-bet-v1" or "none"
+    # What registration, skull stripping and resampling read: each scan as it is, or, where it is finer
+    # than the common grid, its block means at about the grid's spacing (made once, anti-aliased).
+    base_work: Volume
+    follow_work: Volume
     already_stripped: dict[str, Any] | None = None  # auto's look at each input, when it chose "none"
     warnings: list[str] = field(default_factory=list)  # about the inputs (voxels clipped)
+
+
+def _working_copy(volume: Volume, spacing: tuple[float, float, float]) -> Volume:
+    factors = block_factors(volume.spacing, min(spacing))
+    if all(f == 1 for f in factors):
+        return volume
+    data, affine = block_mean(volume.data, volume.affine, factors)
+    return Volume(data, affine, None, volume.path)
 
 
 @dataclass
@@ -217,7 +231,16 @@ def _read_inputs(
                 "share one grid; let msnewlesion register them instead (space halfway, baseline or followup)."
             ) from None
     report(progress, "read", 2, 2)
-    return _Inputs(base, follow, user_mask, skull_strip, already_stripped if user_mask is None else None, warnings)
+    return _Inputs(
+        base,
+        follow,
+        user_mask,
+        skull_strip,
+        _working_copy(base, options.spacing),
+        _working_copy(follow, options.spacing),
+        already_stripped if user_mask is None else None,
+        warnings,
+    )
 
 
 def _register(
@@ -232,20 +255,27 @@ def _register(
         return _Registration(np.eye(4), np.eye(4), {"space": "none", "enabled": False})
     from msnewlesion.preprocess.registration import register_rigid
 
-    report(progress, "registration", 0, 1)
     describe = (
         f"registration of the follow-up FLAIR {follow.name} onto the baseline FLAIR {base.name} ({options.transform})"
     )
+    fixed_mask = None
+    if inputs.user_mask is not None:
+        factors = block_factors(base.spacing, min(options.spacing))
+        fixed_mask = block_mean(inputs.user_mask.data.astype(np.float32), base.affine, factors)[0] >= 0.5
+    # One more step than antsRegistration's levels: the check of the result (see preprocess_pair).
+    iterations: list[int] = []
     followup_from_baseline = register_rigid(
-        registration_intensities(base.data),
-        base.affine,
-        registration_intensities(follow.data),
-        follow.affine,
+        registration_intensities(inputs.base_work.data),
+        inputs.base_work.affine,
+        registration_intensities(inputs.follow_work.data),
+        inputs.follow_work.affine,
         transform=options.transform,
         seed=options.seed,
-        fixed_mask=inputs.user_mask.data if inputs.user_mask is not None else None,
+        fixed_mask=fixed_mask,
         describe=describe,
         scratch_dir=scratch_dir,
+        progress=lambda done, levels: report(progress, "registration", done, levels + 1),
+        iterations=iterations,
     )
     rotation = rotation_angle_degrees(followup_from_baseline)
     if rotation > options.max_rotation_degrees:
@@ -267,7 +297,15 @@ def _register(
     record = {
         "space": options.registration,
         "enabled": True,
-        "method": f"antspyx {options.transform}, Mattes mutual information, follow-up onto baseline",
+        "method": (
+            f"antsRegistration (antspyx) {options.transform}: multi-resolution rigid, Mattes mutual information, "
+            "from the centres of mass, each level until converged; follow-up onto baseline"
+        ),
+        "iterations_per_level": iterations,
+        "resolution_mm": {
+            "baseline": [round(s, 4) for s in inputs.base_work.spacing],
+            "followup": [round(s, 4) for s in inputs.follow_work.spacing],
+        },
         "transform": options.transform,
         "seed": options.seed,
         "fixed_mask": "the brain mask given" if inputs.user_mask is not None else None,
@@ -284,10 +322,10 @@ def _check_registration(
     inputs: _Inputs, registration: _Registration, full_grid: Grid, options: PreprocessOptions
 ) -> None:
     similarity = _registration_similarity(
-        registration_intensities(inputs.base.data),
-        inputs.base.affine,
-        registration_intensities(inputs.follow.data),
-        inputs.follow.affine,
+        registration_intensities(inputs.base_work.data),
+        inputs.base_work.affine,
+        registration_intensities(inputs.follow_work.data),
+        inputs.follow_work.affine,
         registration.to_baseline,
         registration.to_followup,
         full_grid,
@@ -317,7 +355,7 @@ def _brain_mask_on(
     progress: ProgressCallback | None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """The brain mask on the full common grid (and the baseline there, when HD-BET needed it)."""
-    base, follow = inputs.base, inputs.follow
+    base, follow = inputs.base_work, inputs.follow_work
     if inputs.skull_strip in ("mask", "none"):
         report(progress, "brain mask", 0, 1)
         record: dict[str, Any]
@@ -347,7 +385,7 @@ def _brain_mask_on(
             mode=options.skull_strip_mode,
             device=options.device,
             engine=options.engine,
-            what=f"the baseline FLAIR {base.name}",
+            what=f"the baseline FLAIR {inputs.base.name}",
         )
         report(progress, "skull stripping (HD-BET v1)", 1, 1)
         return brain, None, {**record, "on": "the baseline, in the common space"}
@@ -358,7 +396,7 @@ def _brain_mask_on(
     baseline_full = resample(base.data, base.affine, full_grid, registration.to_baseline, order=order)
     report(progress, "skull stripping (HD-BET)", 1, 2)
     brain, settings = hdbet_brain_mask(
-        baseline_full, full_grid.affine, device=options.device, what=f"the baseline FLAIR {base.name}"
+        baseline_full, full_grid.affine, device=options.device, what=f"the baseline FLAIR {inputs.base.name}"
     )
     report(progress, "skull stripping (HD-BET)", 2, 2)
     return brain, baseline_full, {"method": "HD-BET 2 on the baseline in the common space", **settings}
@@ -425,7 +463,8 @@ def preprocess_pair(
     full_grid = _full_grid(inputs, registration, options)
     if options.registration != "none":
         _check_registration(inputs, registration, full_grid, options)
-        report(progress, "registration", 1, 1)
+        levels = sum(len(stage.iterations) for stage in RIGID_SCHEDULES[options.transform])
+        report(progress, "registration", levels + 1, levels + 1)
     clock.add("registration", step, **registration.record)
 
     step = time.perf_counter()
@@ -527,8 +566,8 @@ def _resample(
     options: PreprocessOptions,
     progress: ProgressCallback | None,
 ) -> _OnCommonGrid:
-    """Reorientation, resampling and cropping in one interpolation from each native grid."""
-    base, follow = inputs.base, inputs.follow
+    """Reorientation, resampling and cropping in one interpolation from each native grid (or its block means)."""
+    base, follow = inputs.base_work, inputs.follow_work
     order = INTERPOLATION_ORDERS[options.interpolation]
     report(progress, "resampling", 0, 2)
     crop = bounding_box(brain_full, options.crop_margin)
