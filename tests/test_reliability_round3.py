@@ -83,7 +83,9 @@ def test_auto_keeps_stripped_inputs_and_says_so(tmp_path: Path) -> None:
     record = pair.record["brain_mask"]
     assert record["method"].startswith("auto: inputs found already skull-stripped, kept as they are")
     assert record["already_stripped"]["baseline"]["stripped"] and record["already_stripped"]["followup"]["stripped"]
-    assert 1190 < record["volume_ml"] < 1230  # the whole brain kept (HD-BET on it kept 817 ml)
+    # the whole brain kept (HD-BET on it kept 817 ml); on this 2 mm grid the inputs are read through their
+    # 2 mm block means, whose edge blocks count as brain when any of their voxels is: about 4 % more
+    assert 1190 < record["volume_ml"] < 1290
     assert pair.record["warnings"] == []
 
 
