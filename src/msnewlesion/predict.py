@@ -33,7 +33,19 @@ from msnewlesion.engines import resolve_engine
 from msnewlesion.errors import InputError
 from msnewlesion.inference import HeadProbabilities, SlidingWindowOptions, resolve_precision, sliding_window_predict
 from msnewlesion.io import Volume, check_outputs_free, load_volume, save_volume, staged_outputs, write_json, write_text
-from msnewlesion.lesions import Components, components, lesion_table, min_lesion_voxels, remove_small_lesions
+from msnewlesion.lesions import (
+    CHANGE_CODES,
+    ChangeRule,
+    Components,
+    LesionChanges,
+    classify_changes,
+    components,
+    fsleyes_lookup_table,
+    itksnap_label_descriptions,
+    lesion_table,
+    min_lesion_voxels,
+    remove_small_lesions,
+)
 from msnewlesion.model.checkpoint import LoadedModel
 from msnewlesion.model.config import ModelConfig
 from msnewlesion.prediction_summary import LesionSummary, ModelProvenance, PredictionSummary, summary_record
@@ -74,6 +86,10 @@ OUTPUT_NAMES = {
     "table": "new_lesions.tsv",
     "qc": "qc.png",
     "summary": "summary.json",
+    "lesion_changes": "lesion_changes.nii.gz",
+    "lesion_changes_table": "lesion_changes.tsv",
+    "lesion_changes_itksnap": "lesion_changes_itksnap.txt",
+    "lesion_changes_lut": "lesion_changes.lut",
 }
 PROBABILITY_NAMES = {
     "new_lesions": "new_lesions_probability.nii.gz",
@@ -129,6 +145,10 @@ class PredictOptions:
         voxels by at least this much (in the normalised images' units: brain standard deviations); the
         probabilities of the others are set to 0. None: no such rule (the default; see docs/predict.md for
         what it was measured to do).
+    enlarging_relative, enlarging_min_mm3 : float
+        A lesion present at both time points is enlarging when it grew by at least this fraction of its
+        baseline volume and by at least this many mm³ (shrinking: the same rule backwards); see
+        :mod:`msnewlesion.lesions.changes`.
     """
 
     preprocess: bool = True
@@ -150,6 +170,8 @@ class PredictOptions:
     device: str = "auto"
     save_probabilities: bool = False
     min_brightening: float | None = None
+    enlarging_relative: float = 0.5
+    enlarging_min_mm3: float = 10.0
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
@@ -160,6 +182,11 @@ class PredictOptions:
             raise InputError(f"`connectivity` must be 6 or 26, got {self.connectivity}")
         if self.min_brightening is not None and not np.isfinite(self.min_brightening):
             raise InputError(f"`min_brightening` must be a finite number, got {self.min_brightening}")
+        self.change_rule()  # refuses a bad enlarging rule before any work
+
+    def change_rule(self) -> ChangeRule:
+        """When a lesion is enlarging or shrinking (see :class:`~msnewlesion.lesions.ChangeRule`)."""
+        return ChangeRule(relative=self.enlarging_relative, absolute_mm3=self.enlarging_min_mm3)
 
     def preprocess_options(self, config: ModelConfig) -> PreprocessOptions:
         overrides: dict[str, Any] = {"device": self.device, "engine": self.engine}
@@ -216,6 +243,9 @@ class Prediction:
     new_lesions_common: np.ndarray
     warnings: list[str] = field(default_factory=list)
     lesions_common: tuple[np.ndarray, np.ndarray] | None = None  # baseline's and follow-up's, for the QC picture
+    lesion_changes: Volume | None = None  # class codes on the follow-up's grid
+    changes_table: pd.DataFrame | None = None  # one row per lesion over time
+    changes_common: np.ndarray | None = None  # class codes on the common grid, for the QC picture
 
 
 def _to_layout(values: Sequence[Any], config: ModelConfig) -> tuple:
@@ -447,6 +477,16 @@ def predict_pair(
         warnings=warnings,
     )
     new_common, lesions_baseline_common, lesions_followup_common = mapped.common
+    changes = classify_changes(
+        lesions_baseline_common,
+        lesions_followup_common,
+        new_common,
+        voxel_volume_mm3=pair.baseline.voxel_volume,
+        rule=options.change_rule(),
+        connectivity=options.connectivity,
+    )
+    changes_native, changes_table = _changes_on_followup(changes, pair)
+    summary["lesion_changes"] = _changes_record(changes)
     return Prediction(
         new_lesions=mapped.masks["new_lesions"],
         lesions_baseline=mapped.masks["lesions_baseline"],
@@ -459,7 +499,48 @@ def predict_pair(
         new_lesions_common=new_common,
         warnings=warnings,
         lesions_common=(lesions_baseline_common, lesions_followup_common),
+        lesion_changes=changes_native,
+        changes_table=changes_table,
+        changes_common=changes.codes,
     )
+
+
+def _changes_on_followup(changes: LesionChanges, pair: PreprocessedPair) -> tuple[Volume, pd.DataFrame]:
+    """The change classes on the follow-up's grid, and the lesion table with centroids in its scanner mm."""
+    ids = to_native(changes.labels, pair, "followup", kind="mask")
+    codes = ids.with_data(changes.code_of_id[ids.data])
+    header = codes.header.copy() if codes.header is not None else None
+    if header is not None:
+        header.set_intent("label")
+        codes = Volume(codes.data, codes.affine, header)
+    table = changes.table()
+    count = len(changes.lesions)
+    # Centroids where the lesion lies on the follow-up's grid (NaN for a lesion too small to keep a voxel there).
+    flat = ids.data.ravel()
+    foreground = np.flatnonzero(flat)
+    labels = flat[foreground]
+    voxels = np.bincount(labels, minlength=count + 1)[1:].astype(np.float64)
+    index = np.unravel_index(foreground, ids.data.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroid_index = (
+            np.stack([np.bincount(labels, weights=axis, minlength=count + 1)[1:] / voxels for axis in index], axis=1)
+            if count
+            else np.zeros((0, 3))
+        )
+    centroid_mm = centroid_index @ ids.affine[:3, :3].T + ids.affine[:3, 3]
+    for axis, name in enumerate(("x", "y", "z")):
+        table.insert(len(table.columns) - 4, f"centroid_{name}_mm", centroid_mm[:, axis])
+    return codes, table
+
+
+def _changes_record(changes: LesionChanges) -> dict[str, Any]:
+    return {
+        "counts": changes.counts(),
+        "volumes_mm3": changes.volumes_mm3(),
+        "rule": changes.rule.as_dict(),
+        "codes": {lesion_class: code for lesion_class, code in CHANGE_CODES.items()},
+        "grid": "classified on the common grid (volumes there); lesion_changes.nii.gz is on the follow-up's grid",
+    }
 
 
 def _require_brightening(
@@ -564,6 +645,8 @@ def write_prediction(
             for key, volume in prediction.probabilities.items():
                 save_volume(volume, staged[f"{key}_probability"], dtype=np.float32, description=f"{key} probability")
         write_text(staged["table"], prediction.table.to_csv(sep="\t", index=False, float_format="%.4f"))
+        if prediction.lesion_changes is not None and "lesion_changes" in staged:
+            _write_changes(prediction, staged)
         common = prediction.common
         save_qc_figure(
             common.baseline.data,
@@ -575,6 +658,8 @@ def write_prediction(
             title="msnewlesion",
             lesion_count=prediction.figures.new_lesions.count,
             lesions=prediction.lesions_common,
+            changes=prediction.changes_common,
+            change_counts=prediction.summary.get("lesion_changes", {}).get("counts"),
         )
         for key, payload in (extra_json or {}).items():
             write_json(staged[key], payload)
@@ -584,6 +669,26 @@ def write_prediction(
         summary |= extra_summary or {}
         write_json(staged["summary"], summary)
     return outputs
+
+
+def _write_changes(prediction: Prediction, staged: Mapping[str, Path]) -> None:
+    """The change-class map with its colour tables beside it, and the table of every lesion over time."""
+    assert prediction.lesion_changes is not None and prediction.changes_table is not None
+    save_volume(
+        prediction.lesion_changes,
+        staged["lesion_changes"],
+        dtype=np.uint8,
+        description="msnewlesion lesion changes: 1 new 2 enlarging 3 stable 4 shrinking 5 resolved",
+    )
+    if "lesion_changes_table" in staged:
+        write_text(
+            staged["lesion_changes_table"],
+            prediction.changes_table.to_csv(sep="\t", index=False, float_format="%.4f", na_rep="n/a"),
+        )
+    if "lesion_changes_itksnap" in staged:
+        write_text(staged["lesion_changes_itksnap"], itksnap_label_descriptions())
+    if "lesion_changes_lut" in staged:
+        write_text(staged["lesion_changes_lut"], fsleyes_lookup_table())
 
 
 def open_model(
