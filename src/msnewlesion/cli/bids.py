@@ -25,6 +25,8 @@ from msnewlesion.cli.predict import (
     CONNECTIVITY,
     DEVICE,
     ENGINE,
+    ENLARGING_MIN_MM3,
+    ENLARGING_RELATIVE,
     MIN_BRIGHTENING,
     MIN_LESION_VOLUME,
     MODEL,
@@ -125,7 +127,8 @@ class BidsCommand(Command):
         value_options = {
             name
             for param in self.params
-            if param.param_type_name == "option" and not getattr(param, "is_flag", False)
+            if param.param_type_name == "option"
+            and not getattr(param, "is_flag", False)
             and not getattr(param, "count", False)
             for name in param.opts
         }
@@ -212,6 +215,8 @@ def bids(
     device: str = DEVICE,
     save_probabilities: bool = SAVE_PROBABILITIES,
     min_brightening: Optional[float] = MIN_BRIGHTENING,
+    enlarging_relative: float = ENLARGING_RELATIVE,
+    enlarging_min_mm3: float = ENLARGING_MIN_MM3,
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo pairs whose results are complete already."),
     as_json: bool = typer.Option(
         False, "--json", help="Print every pair and its status (participant) or the group table (group) as JSON."
