@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -163,3 +165,65 @@ def test_colour_tables_name_every_class_with_its_code() -> None:
     lut = [line.split() for line in fsleyes_lookup_table().splitlines()]
     assert [(int(row[0]), row[4]) for row in lut] == [(code, name) for name, code in CHANGE_CODES.items()]
     assert all(0.0 <= float(value) <= 1.0 for row in lut for value in row[1:4])
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate --classes
+
+
+def write_codes(path, codes: np.ndarray):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(codes.astype(np.uint8), np.eye(4)), str(path))
+    return path
+
+
+def test_evaluate_classes_scores_new_or_enlarging_and_each_class_of_the_reference(tmp_path, runner) -> None:
+    from msnewlesion.cli import app
+
+    reference, prediction = np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8)
+    reference[1:4, 1:4, 1:4] = prediction[1:4, 1:4, 1:4] = CHANGE_CODES["new"]  # found
+    reference[6:9, 1:4, 1:4] = CHANGE_CODES["enlarging"]
+    prediction[6:9, 1:4, 1:4] = CHANGE_CODES["new"]  # found as new-or-enlarging, wrong class
+    reference[11:14, 1:4, 1:4] = prediction[11:14, 1:4, 1:4] = CHANGE_CODES["resolved"]
+    reference[1:4, 8:11, 8:11] = CHANGE_CODES["stable"]  # missed: the prediction has nothing there
+    paths = write_codes(tmp_path / "pred.nii.gz", prediction), write_codes(tmp_path / "gt.nii.gz", reference)
+    result = runner.invoke(app, ["evaluate", "--classes", *map(str, paths), "--json", "--min-lesion-volume", "0"])
+    assert result.exit_code == 0, result.output
+    scores = {case["case"].split(":")[1]: case for case in json.loads(result.stdout)["cases"]}
+    assert list(scores) == ["new_or_enlarging", "new", "enlarging", "stable", "resolved"]
+    assert scores["new_or_enlarging"]["lesion_f1"] == 1.0
+    assert (scores["new"]["n_ref_lesions"], scores["new"]["n_pred_lesions"], scores["new"]["lesion_ppv"]) == (1, 2, 0.5)
+    assert scores["enlarging"]["lesion_sensitivity"] == 0.0
+    assert scores["resolved"]["lesion_f1"] == 1.0
+    assert scores["stable"]["lesion_sensitivity"] == 0.0
+    assert "new_or_enlarging" in result.stderr  # one table per score
+
+
+def test_evaluate_classes_with_a_plain_change_mask_scores_every_change_but_stable(tmp_path, runner) -> None:
+    from msnewlesion.cli import app
+
+    reference, prediction = np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8)
+    reference[1:4, 1:4, 1:4] = reference[11:14, 1:4, 1:4] = 1  # a change mask: the classes are not told apart
+    prediction[1:4, 1:4, 1:4] = CHANGE_CODES["enlarging"]
+    prediction[11:14, 1:4, 1:4] = CHANGE_CODES["resolved"]
+    prediction[1:4, 8:11, 8:11] = CHANGE_CODES["stable"]  # not a change: no false positive
+    paths = write_codes(tmp_path / "pred.nii.gz", prediction), write_codes(tmp_path / "gt.nii.gz", reference)
+    arguments = ["evaluate", "--classes", "--reference-kind", "change", *map(str, paths), "--json"]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    (case,) = json.loads(result.stdout)["cases"]
+    assert case["case"] == "pred:changed" and case["lesion_f1"] == 1.0 and case["n_fp_lesions"] == 0
+
+
+def test_evaluate_classes_refuses_maps_that_are_not_change_classes(tmp_path, runner) -> None:
+    from msnewlesion.cli import app
+
+    codes = np.zeros(SHAPE, np.uint8)
+    codes[1:4, 1:4, 1:4] = 7
+    paths = write_codes(tmp_path / "pred.nii.gz", codes), write_codes(tmp_path / "gt.nii.gz", codes)
+    result = runner.invoke(app, ["evaluate", "--classes", *map(str, paths)])
+    assert result.exit_code != 0
+    assert "not change classes" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["evaluate", "--reference-kind", "change", *map(str, paths)])
+    assert result.exit_code != 0 and "--classes" in result.output
