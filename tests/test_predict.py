@@ -314,8 +314,9 @@ def test_lesion_changes_lie_on_the_followup_grid_with_their_colour_tables(predic
     new_mask = np.asarray(nib.load(str(predicted / "new_lesions.nii.gz")).dataobj) > 0
     assert np.mean(np.isin(codes[new_mask], (1, 2))) > 0.9
     table = pd.read_csv(predicted / "lesion_changes.tsv", sep="\t")
-    assert table["change"].value_counts().to_dict() == {k: v for k, v in changes["counts"].items() if v and k in
-                                                         ("new", "enlarging", "stable", "shrinking", "resolved")}  # fmt: skip
+    classes = ("new", "enlarging", "stable", "shrinking", "resolved")
+    expected = {k: v for k, v in changes["counts"].items() if v and k in classes}
+    assert table["change"].value_counts().to_dict() == expected
     new_row = table[table["change"].isin(("new", "enlarging"))].iloc[0]
     assert new_row["volume_followup_mm3"] > 10 * new_row["volume_baseline_mm3"]
     found = new_row[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy(dtype=float)

@@ -127,8 +127,7 @@ class BidsCommand(Command):
         value_options = {
             name
             for param in self.params
-            if param.param_type_name == "option"
-            and not getattr(param, "is_flag", False)
+            if param.param_type_name == "option" and not getattr(param, "is_flag", False)
             and not getattr(param, "count", False)
             for name in param.opts
         }

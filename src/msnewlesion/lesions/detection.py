@@ -29,7 +29,6 @@ DEFAULT_ALPHA = 0.10
 DEFAULT_BETA = 0.70
 DEFAULT_GAMMA = 0.65
 
-
 @dataclass(frozen=True)
 class LesionDetection:
     """How one lesion of one mask fared against the lesions of the other mask.
