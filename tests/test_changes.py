@@ -227,3 +227,29 @@ def test_evaluate_classes_refuses_maps_that_are_not_change_classes(tmp_path, run
     assert "not change classes" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["evaluate", "--reference-kind", "change", *map(str, paths)])
     assert result.exit_code != 0 and "--classes" in result.output
+
+
+def test_the_qc_picture_outlines_the_change_classes(tmp_path) -> None:
+    import matplotlib.image
+
+    from msnewlesion.report import save_qc_figure
+
+    shape = (32, 32, 12)
+    baseline = np.zeros(shape, np.float32)
+    baseline[4:28, 4:28, :] = 1.0
+    followup = baseline.copy()
+    new, codes = np.zeros(shape, bool), np.zeros(shape, np.uint8)
+    codes[8:12, 8:12, 5:8] = CHANGE_CODES["enlarging"]
+    codes[18:22, 18:22, 5:8] = CHANGE_CODES["resolved"]
+    counts = {"new": 0, "enlarging": 1, "stable": 0, "shrinking": 0, "resolved": 1}
+    plain = save_qc_figure(baseline, followup, new, tmp_path / "plain.png")
+    with_changes = save_qc_figure(
+        baseline, followup, new, tmp_path / "changes.png", changes=codes, change_counts=counts
+    )
+    picture = matplotlib.image.imread(str(with_changes))[..., :3]
+    # orange (enlarging) and green (resolved) outlines are drawn; the picture without changes has neither
+    orange = (picture[..., 0] > 0.9) & (np.abs(picture[..., 1] - 140 / 255) < 0.1) & (picture[..., 2] < 0.1)
+    green = (picture[..., 0] < 0.1) & (np.abs(picture[..., 1] - 200 / 255) < 0.1) & (picture[..., 2] < 0.1)
+    assert orange.sum() > 20 and green.sum() > 5
+    plain_picture = matplotlib.image.imread(str(plain))[..., :3]
+    assert not ((plain_picture[..., 0] > 0.9) & (np.abs(plain_picture[..., 1] - 140 / 255) < 0.1)).any()
