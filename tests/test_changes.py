@@ -105,12 +105,23 @@ def test_a_baseline_lesion_that_splits_is_one_lesion_with_its_parts_summed() -> 
     assert (lesion.baseline_voxels, lesion.followup_voxels, lesion.change) == (36, 24, "shrinking")
 
 
-def test_lesions_that_only_touch_are_not_matched() -> None:
-    baseline, followup, new = empty(), empty(), empty()
+def test_lesions_of_the_all_lesion_masks_that_only_touch_are_not_matched() -> None:
+    baseline, followup = empty(), empty()
     baseline[2:4, 2:4, 2:4] = True
-    followup[4:6, 4:6, 4:6] = new[4:6, 4:6, 4:6] = True  # touches the baseline lesion by a corner only
-    changes = classify(baseline, followup, new)
-    assert classes(changes) == ["resolved", "new"]
+    followup[4:6, 4:6, 4:6] = True  # touches the baseline lesion by a corner only
+    assert classes(classify(baseline, followup)) == ["resolved", "stable"]
+
+
+def test_a_new_lesion_that_touches_an_existing_one_is_its_growth() -> None:
+    baseline, followup, new = empty(), empty(), empty()
+    baseline[2:5, 2:5, 2:5] = followup[2:5, 2:5, 2:5] = True  # 27 voxels at both time points
+    new[2:5, 2:5, 5:8] = True  # 27 voxels beside it, sharing a face but no voxel
+    changes = classify(baseline, followup, new, faded=empty())
+    assert classes(changes) == ["enlarging"]
+    assert (changes.lesions[0].baseline_voxels, changes.lesions[0].followup_voxels) == (27, 54)
+    new[:] = False
+    new[2:5, 2:5, 6:9] = True  # one voxel of gap: a lesion of its own
+    assert classes(classify(baseline, followup, new, faded=empty())) == ["stable", "new"]
 
 
 def test_touching_lesions_of_one_mask_are_one_lesion_under_26_connectivity_and_two_under_6() -> None:
@@ -149,6 +160,29 @@ def test_a_follow_up_lesion_the_new_lesion_head_does_not_call_new_is_stable() ->
     changes = classify(baseline, followup)
     assert classes(changes) == ["stable"]
     assert changes.lesions[0].matched == "follow-up only, not new"
+
+
+def test_with_the_faded_mask_the_change_masks_decide_what_changed() -> None:
+    baseline, followup, new, faded = empty(), empty(), empty(), empty()
+    # a shrinking lesion: the all-lesion masks see only its core, the faded mask the rim that went
+    baseline[3:6, 3:6, 3:6] = followup[3:6, 3:6, 3:6] = True  # 27 voxels
+    faded[2:7, 2:7, 2:7] = True
+    faded[3:6, 3:6, 3:6] = False  # 98 voxels around it
+    # a resolved lesion that neither all-lesion mask saw
+    faded[10:13, 2:5, 2:5] = True
+    # a baseline lesion that the follow-up's mask missed, with no change seen: stable, not resolved
+    baseline[10:13, 10:13, 10:13] = True
+    # a new lesion
+    new[2:4, 10:13, 10:13] = followup[2:4, 10:13, 10:13] = True
+    changes = classify(baseline, followup, new, faded=faded)
+    by_class = {lesion.change: lesion for lesion in changes.lesions}
+    assert sorted(by_class) == ["new", "resolved", "shrinking", "stable"]
+    assert (by_class["shrinking"].baseline_voxels, by_class["shrinking"].followup_voxels) == (125, 27)
+    assert (by_class["resolved"].baseline_voxels, by_class["resolved"].followup_voxels) == (27, 0)
+    assert (by_class["stable"].baseline_voxels, by_class["stable"].followup_voxels) == (27, 27)
+    assert by_class["shrinking"].faded_lesions == (1,)
+    # without the faded mask the all-lesion masks decide: the missed lesion is resolved, the shrinking one stable
+    assert sorted(classes(classify(baseline, followup, new))) == ["new", "resolved", "stable"]
 
 
 def test_masks_of_different_shapes_are_refused() -> None:

@@ -648,6 +648,10 @@ def test_every_change_class_is_made_with_an_exact_change_map(scan: SimpleNamespa
     # the classification of predict, run on the exact masks, gives back the exact change map
     changes = classify_changes(before, after, new, voxel_volume_mm3=scan.flair.voxel_volume)
     assert np.array_equal(changes.codes, codes)
+    # and so does the classification from the change masks (what appeared, what went) with the all-lesion masks
+    faded = before & ~after
+    changes = classify_changes(before, after, new, faded=faded, voxel_volume_mm3=scan.flair.voxel_volume)
+    assert np.array_equal(changes.codes, codes)
 
 
 def test_the_change_map_moves_with_the_followup(scan: SimpleNamespace, tmp_path: Path) -> None:

@@ -1,38 +1,46 @@
 """Lesion changes between two time points: new, enlarging, stable, shrinking and resolved lesions.
 
-:func:`classify_changes` takes the three masks of a prediction on one grid (all lesions at the
-baseline, all lesions at the follow-up, and the new lesions) and gives every lesion one class:
+:func:`classify_changes` takes masks of a pair on one grid: all lesions at the baseline, all lesions at the
+follow-up, the new lesions (what appeared) and, optionally, the faded lesions (what went: the new lesions of
+the pair played backwards). It gives every lesion one class:
 
 new
-    a lesion of the new-lesion mask that touches no baseline lesion (see the matching rule);
+    nothing of it was there at the baseline (a lesion of the new-lesion mask);
 enlarging
-    present at both time points and grown by at least ``relative`` (50 %) of its baseline volume and
-    by at least ``absolute_mm3`` (10 mm³);
+    there at both time points and grown by at least ``relative`` (50 %) of its baseline volume and by at
+    least ``absolute_mm3`` (10 mm³);
 stable
-    present at both time points and neither grown nor shrunk by that much;
+    there at both time points and neither grown nor shrunk by that much;
 shrinking
-    present at both time points and shrunk by the mirror of the enlarging rule (its baseline volume at
-    least ``1 + relative`` times its follow-up volume, and at least ``absolute_mm3`` more);
+    there at both time points and shrunk by the mirror of the enlarging rule (its baseline volume at least
+    ``1 + relative`` times its follow-up volume, and at least ``absolute_mm3`` more);
 resolved
-    present at the baseline only.
+    nothing of it is left at the follow-up.
 
-**Matching.** Lesions are connected components of each mask. A baseline lesion, a follow-up lesion
-and a new lesion belong to one *lesion over time* when they share at least one voxel, directly or
-through a chain of such overlaps. Lesions that only touch (neighbouring voxels, no shared voxel) are
-not matched. So:
+**Matching.** Lesions are connected components of each mask. Lesions of any of the masks belong to one
+*lesion over time* when they share at least one voxel, directly or through a chain of such overlaps; a
+change (a lesion of the new or the faded mask) also joins the lesions it touches (neighbouring voxels, by
+``connectivity``), since the part of a lesion that grew or went lies beside the part that stayed. Lesions of
+the two all-lesion masks that only touch are not matched. So:
 
-- *merge*: two baseline lesions that overlap one follow-up lesion are one lesion over time, counted
-  once, with the two baseline volumes summed;
-- *split*: one baseline lesion that overlaps two follow-up lesions is one lesion over time, counted
-  once, with the two follow-up volumes summed;
-- a new-lesion component that joins a baseline lesion (overlapping it, or through a follow-up
-  lesion that overlaps both) is that lesion's growth, not a new lesion; the follow-up volume of the
-  lesion over time counts its voxels;
-- several new-lesion components joined only through follow-up lesions (no baseline lesion) stay
-  separate new lesions: a new lesion is a component of the new-lesion mask, as before;
-- a follow-up lesion with no baseline lesion and no new-lesion voxel is counted *stable*: the
-  new-lesion head, which sees both images, judged it not new, and the baseline head missed it (its
-  baseline volume is 0 in the table, and ``matched`` says so).
+- *merge*: two baseline lesions that overlap one follow-up lesion are one lesion over time, counted once,
+  with the two baseline volumes summed;
+- *split*: one baseline lesion that overlaps two follow-up lesions is one lesion over time, counted once,
+  with the two follow-up volumes summed;
+- a new-lesion component that overlaps or touches a lesion that was there at the baseline (or is joined to
+  it through a follow-up lesion) is that lesion's growth, not a new lesion;
+- several new-lesion components joined only through follow-up lesions (nothing there at the baseline) stay
+  separate new lesions: a new lesion is a component of the new-lesion mask.
+
+**Extents.** A lesion over time's volume at each time point is that of its voxels there. Without the faded
+mask, the all-lesion masks say where the lesions are: at the baseline the baseline mask, at the follow-up the
+follow-up mask and the new lesions; a follow-up lesion with nothing at the baseline and no new-lesion voxel is
+counted *stable* (the new-lesion mask, which compares both images, did not call it new; ``matched`` says so).
+With the faded mask, the two change masks say what changed, and every other lesion voxel of either time
+point was there at both: at the baseline ``baseline | faded | (followup & ~new)``, at the follow-up
+``followup | new | (baseline & ~faded)``. A lesion is then new or resolved only when a change mask saw it
+appear or go, which keeps an all-lesion mask that misses a lesion at one time point from making it new or
+resolved.
 
 **The rule for enlarging.** Trials count "new or enlarging T2 lesions"; an enlarging lesion must
 grow by more than the measurement's variability. Repeated measurements of the same lesions vary by
@@ -51,9 +59,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from msnewlesion.errors import InputError
-from msnewlesion.lesions.components import _as_binary_3d, components
+from msnewlesion.lesions.components import _as_binary_3d, components, connectivity_structure
 
 __all__ = [
     "CHANGE_CLASSES",
@@ -102,6 +111,7 @@ CHANGE_TABLE_COLUMNS = (
     "baseline_lesions",
     "followup_lesions",
     "new_lesions",
+    "faded_lesions",
     "matched",
 )
 
@@ -166,11 +176,11 @@ class LesionChange:
         One of :data:`CHANGE_CLASSES`.
     baseline_voxels, followup_voxels : int
         Its size at each time point: its baseline lesions, and its follow-up and new-lesion voxels.
-    baseline_lesions, followup_lesions, new_lesions : tuple of int
+    baseline_lesions, followup_lesions, new_lesions, faded_lesions : tuple of int
         The ids of the components of each mask that make it up (raster order in each mask).
     matched : str
-        How it was matched: ``both`` (lesions at both time points), ``baseline only``, ``new``, or
-        ``follow-up only, not new`` (the stable-by-default case).
+        Where it is: ``both`` (time points), ``baseline only``, ``follow-up only``, or
+        ``follow-up only, not new`` (the stable-by-default case without the faded mask).
     """
 
     id: int
@@ -181,6 +191,7 @@ class LesionChange:
     followup_lesions: tuple[int, ...]
     new_lesions: tuple[int, ...]
     matched: str
+    faded_lesions: tuple[int, ...] = ()
 
 
 @dataclass
@@ -236,6 +247,7 @@ class LesionChanges:
                     "baseline_lesions": " ".join(str(i) for i in lesion.baseline_lesions),
                     "followup_lesions": " ".join(str(i) for i in lesion.followup_lesions),
                     "new_lesions": " ".join(str(i) for i in lesion.new_lesions),
+                    "faded_lesions": " ".join(str(i) for i in lesion.faded_lesions),
                     "matched": lesion.matched,
                 }
             )
@@ -306,6 +318,7 @@ def classify_changes(
     new: np.ndarray,
     *,
     voxel_volume_mm3: float,
+    faded: np.ndarray | None = None,
     rule: ChangeRule | None = None,
     connectivity: int = 26,
 ) -> LesionChanges:
@@ -318,9 +331,12 @@ def classify_changes(
     baseline, followup : ndarray, 3D
         All lesions at each time point, on one grid (voxels above 0 are lesion).
     new : ndarray, 3D
-        The new lesions, on the same grid.
+        The new lesions (what appeared), on the same grid.
     voxel_volume_mm3 : float
         The volume of one voxel, for the enlarging rule and the table.
+    faded : ndarray, 3D, optional
+        What went: the new lesions of the pair played backwards. With it, the change masks decide what
+        changed and the all-lesion masks only add what did not (see the module's "Extents").
     rule : ChangeRule, optional
         When a lesion is enlarging or shrinking (50 % and 10 mm³ by default).
     connectivity : {26, 6}
@@ -341,52 +357,49 @@ def classify_changes(
     ['enlarging', 'new', 'resolved']
     """
     rule = rule or ChangeRule()
-    masks = [_as_binary_3d(m, what) for m, what in ((baseline, "baseline"), (followup, "follow-up"), (new, "new"))]
+    given = [(baseline, "baseline"), (followup, "follow-up"), (new, "new")]
+    if faded is not None:
+        given.append((faded, "faded"))
+    masks = [_as_binary_3d(m, what) for m, what in given]
     if len({m.shape for m in masks}) != 1:
         raise InputError(
-            "the baseline, follow-up and new-lesion masks differ in shape: " + ", ".join(str(m.shape) for m in masks)
+            "the baseline, follow-up and change masks differ in shape: " + ", ".join(str(m.shape) for m in masks)
         )
     if not (math.isfinite(voxel_volume_mm3) and voxel_volume_mm3 > 0):
         raise InputError(f"the voxel volume must be above 0 mm³, got {voxel_volume_mm3}")
+    before_mask, after_mask = _extents(masks)
     found = [components(m, connectivity) for m in masks]
-    # One node per lesion of each mask: baseline lesions first, then follow-up, then new ones.
+    # One node per lesion of each mask, mask after mask.
     offsets = np.cumsum([0] + [f.count for f in found])
     nodes = _UnionFind(int(offsets[-1]))
-    for a, b in ((0, 1), (0, 2), (1, 2)):
-        for id_a, id_b in _overlapping_pairs(found[a].labels, found[b].labels):
-            nodes.union(int(offsets[a] + id_a - 1), int(offsets[b] + id_b - 1))
-
-    # Node groups, each in the order of its members (raster order within a mask).
+    # A change (a new or faded lesion) also joins the lesions it touches: growth lies beside what grew.
+    structure = connectivity_structure(connectivity)
+    reach = [f.labels if k < 2 else ndimage.grey_dilation(f.labels, footprint=structure) for k, f in enumerate(found)]
+    for a in range(len(masks)):
+        for b in range(a + 1, len(masks)):
+            for id_a, id_b in _overlapping_pairs(found[a].labels, reach[b]):
+                nodes.union(int(offsets[a] + id_a - 1), int(offsets[b] + id_b - 1))
     groups: dict[int, list[list[int]]] = {}
-    for mask_index in range(3):
+    for mask_index in range(len(masks)):
         for lesion_id in range(1, found[mask_index].count + 1):
             root = nodes.find(int(offsets[mask_index] + lesion_id - 1))
-            groups.setdefault(root, [[], [], []])[mask_index].append(lesion_id)
+            groups.setdefault(root, [[] for _ in masks])[mask_index].append(lesion_id)
+    members = list(groups.values())
 
-    # The units that become lesions: a group with a baseline lesion is one; a group without one is one
-    # lesion per new-lesion component (or one stable-by-default lesion when it has none).
-    units: list[tuple[list[int], list[int], list[int], str]] = []
-    for base_ids, follow_ids, new_ids in groups.values():
-        if base_ids:
-            units.append((base_ids, follow_ids, new_ids, "both" if follow_ids or new_ids else "baseline only"))
-        elif new_ids:
-            for index, new_id in enumerate(new_ids):
-                # the group's follow-up voxels outside the new lesions go with its first new lesion
-                units.append(([], follow_ids if index == 0 else [], [new_id], "new"))
+    # Each group's extent at each time point decides whether it is split into its new lesions.
+    group_labels = _paint(found, [[m[k] for m in members] for k in range(len(masks))], masks[0].shape)
+    group_before = np.bincount(group_labels[before_mask], minlength=len(members) + 1)
+    units: list[list[list[int]]] = []
+    for index, ids in enumerate(members, start=1):
+        new_ids = ids[2]
+        if group_before[index] == 0 and len(new_ids) > 1:
+            # No lesion before: each new lesion is a lesion of its own; the rest of the group goes with the first.
+            units.append([ids[0], ids[1], [new_ids[0]], *ids[3:]])
+            units += [[[], [], [new_id], *([[]] * (len(ids) - 3))] for new_id in new_ids[1:]]
         else:
-            units.append(([], follow_ids, [], "follow-up only, not new"))
+            units.append(ids)
+    unit_labels = _paint(found, [[u[k] for u in units] for k in range(len(masks))], masks[0].shape)
 
-    unit_labels = np.zeros(masks[0].shape, dtype=np.int32)
-    lookups = [np.zeros(f.count + 1, dtype=np.int32) for f in found]
-    for unit_index, (base_ids, follow_ids, new_ids, _) in enumerate(units, start=1):
-        lookups[0][base_ids] = unit_index
-        lookups[1][follow_ids] = unit_index
-        lookups[2][new_ids] = unit_index
-    # Follow-up first, then baseline, then new lesions: where the masks overlap, a new-lesion component keeps
-    # its own lesion (several new lesions joined through one follow-up lesion stay apart).
-    for mask_index in (1, 0, 2):
-        present = found[mask_index].labels > 0
-        unit_labels[present] = lookups[mask_index][found[mask_index].labels[present]]
     # Lesion ids in the raster order of each lesion's first voxel, whatever the order of the groups.
     flat = unit_labels.ravel()
     foreground = np.flatnonzero(flat)
@@ -397,33 +410,63 @@ def classify_changes(
     renumber[order + 1] = np.arange(1, len(units) + 1, dtype=np.int32)
     labels = renumber[unit_labels]
 
-    before_voxels = np.bincount(labels[masks[0]], minlength=len(units) + 1)
-    after_voxels = np.bincount(labels[masks[1] | masks[2]], minlength=len(units) + 1)
+    before_voxels = np.bincount(labels[before_mask], minlength=len(units) + 1)
+    after_voxels = np.bincount(labels[after_mask], minlength=len(units) + 1)
     lesions = []
     for lesion_id, unit_index in enumerate(order, start=1):
-        base_ids, follow_ids, new_ids, matched = units[unit_index]
+        ids = units[unit_index]
         before, after = int(before_voxels[lesion_id]), int(after_voxels[lesion_id])
-        if matched == "new":
-            change = "new"
-        elif matched == "follow-up only, not new":
-            change = "stable"
-        elif matched == "baseline only":
-            change = "resolved"
+        if before == 0 and not ids[2]:
+            # At the follow-up only, yet the new-lesion mask, which compares both images, did not call it new.
+            change, matched = "stable", "follow-up only, not new"
+        elif before == 0:
+            change, matched = "new", "follow-up only"
+        elif after == 0:
+            change, matched = "resolved", "baseline only"
         else:
-            change = rule.classify(before * voxel_volume_mm3, after * voxel_volume_mm3)
+            change, matched = rule.classify(before * voxel_volume_mm3, after * voxel_volume_mm3), "both"
         lesions.append(
             LesionChange(
                 id=lesion_id,
                 change=change,
                 baseline_voxels=before,
                 followup_voxels=after,
-                baseline_lesions=tuple(base_ids),
-                followup_lesions=tuple(follow_ids),
-                new_lesions=tuple(new_ids),
+                baseline_lesions=tuple(ids[0]),
+                followup_lesions=tuple(ids[1]),
+                new_lesions=tuple(ids[2]),
+                faded_lesions=tuple(ids[3]) if len(ids) > 3 else (),
                 matched=matched,
             )
         )
     return LesionChanges(labels=labels, lesions=tuple(lesions), voxel_volume_mm3=float(voxel_volume_mm3), rule=rule)
+
+
+def _extents(masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Where each lesion is at the baseline and at the follow-up (see the module's "Extents")."""
+    baseline, followup, new = masks[:3]
+    if len(masks) == 3:
+        # The all-lesion masks say where lesions are; the new lesions are at the follow-up.
+        return baseline, followup | new
+    faded = masks[3]
+    # The change masks say what changed; every other lesion voxel of either time point is at both.
+    return baseline | faded | (followup & ~new), followup | new | (baseline & ~faded)
+
+
+def _paint(found: list, ids_per_mask: list[list[list[int]]], shape: tuple[int, ...]) -> np.ndarray:
+    """A label map: unit ``u`` (1-based) on the voxels of its lesions of every mask.
+
+    ``ids_per_mask[k][u - 1]`` are unit ``u``'s lesion ids in mask ``k``. Masks are painted follow-up first,
+    then baseline, faded and new lesions, so that where masks overlap a new lesion keeps its own unit.
+    """
+    lookups = [np.zeros(f.count + 1, dtype=np.int32) for f in found]
+    for mask_index, per_unit in enumerate(ids_per_mask):
+        for unit_index, ids in enumerate(per_unit, start=1):
+            lookups[mask_index][ids] = unit_index
+    labels = np.zeros(shape, dtype=np.int32)
+    for mask_index in [1, 0, *range(3, len(found)), 2]:
+        present = found[mask_index].labels > 0
+        labels[present] = lookups[mask_index][found[mask_index].labels[present]]
+    return labels
 
 
 def itksnap_label_descriptions() -> str:
