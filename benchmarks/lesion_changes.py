@@ -67,7 +67,10 @@ def synthetic(args: argparse.Namespace) -> None:
         )  # fmt: skip
     by_score: dict[str, list] = {}
     seconds = []
-    for pair in sorted(p for p in (work / "synth").iterdir() if p.is_dir()):
+    pairs = sorted(p for p in (work / "synth").iterdir() if p.is_dir())
+    if args.only:
+        pairs = [p for p in pairs if p.name in args.only.split(",")]
+    for pair in pairs:
         output = work / "predicted" / pair.name
         if not (output / "summary.json").exists():
             started = time.perf_counter()
@@ -186,6 +189,7 @@ def main() -> None:
     synthetic_parser.add_argument("--seed", type=int, default=9100)
     synthetic_parser.add_argument("--work", type=Path, default=None)
     synthetic_parser.add_argument("--predict-args", default="", help="extra predict options")
+    synthetic_parser.add_argument("--only", default="", help="comma-separated pair folders (to run in parts)")
     lit_parser = sub.add_parser("lit", help="the real LIT longitudinal pair")
     lit_parser.add_argument("--data", type=Path, default=LIT / "longitudinal" / "patient01")
     lit_parser.add_argument("--work", type=Path, default=None)
