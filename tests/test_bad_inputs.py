@@ -156,9 +156,6 @@ CASES = [
     Case("predict: another run writes into the folder (item 3)",
          lambda f: _predict(f, f.image("t1.nii.gz"), f.image("t2.nii.gz", seed=1)),
          ("another msnewlesion run", "other job", "out"), busy="out"),
-    Case("predict: --threshold out of range names the flag (item 13)",
-         lambda f: _predict(f, f.image("t1.nii.gz"), f.image("t2.nii.gz", seed=1), "out", "--threshold", "2"),
-         ("--threshold must be between 0 and 1", "2")),
     # preprocess
     Case("preprocess: -o a regular file (item 2)",
          lambda f: (f.file("taken"), _preprocess(f, f.image("t1.nii.gz"), f.image("t2.nii.gz", seed=1), "taken"))[1],

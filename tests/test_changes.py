@@ -287,10 +287,3 @@ def test_the_qc_picture_outlines_the_change_classes(tmp_path) -> None:
     assert orange.sum() > 20 and green.sum() > 5
     plain_picture = matplotlib.image.imread(str(plain))[..., :3]
     assert not ((plain_picture[..., 0] > 0.9) & (np.abs(plain_picture[..., 1] - 140 / 255) < 0.1)).any()
-
-
-def test_the_command_line_offers_exactly_the_reference_kinds_of_the_core() -> None:
-    from msnewlesion.cli.evaluate import ReferenceKind
-    from msnewlesion.metrics import REFERENCE_KINDS
-
-    assert tuple(kind.value for kind in ReferenceKind) == REFERENCE_KINDS

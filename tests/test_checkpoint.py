@@ -94,7 +94,7 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path: Path, tiny_config: M
     [
         ({"format_version": 99}, "newer than this msnewlesion"),
         ({"favourite_colour": "blue"}, "keys this msnewlesion version does not know: favourite_colour"),
-        ({"norm": "group"}, "norm 'group' is not one of batch, instance"),
+        ({"norm": "group"}, "norm 'group' is not one of: batch, instance"),
         ({"patch_size": [30, 30, 30]}, "multiples of 16"),
     ],
 )

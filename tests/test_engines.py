@@ -49,7 +49,7 @@ def test_auto_is_pytorch_the_engine_measured_fastest(monkeypatch) -> None:
     assert engines.resolve_engine("torch", torch.device("cpu")) == "torch"
     with pytest.raises(InputError, match="OpenVINO engine runs on the CPU, not on cuda"):
         engines.resolve_engine("openvino", torch.device("cuda"))
-    with pytest.raises(InputError, match="not one of auto, torch, openvino"):
+    with pytest.raises(InputError, match="not one of: auto, torch, openvino"):
         engines.resolve_engine("onnx", torch.device("cpu"))
 
 

@@ -28,7 +28,6 @@ from msnewlesion.cli import app
 from msnewlesion.cli.common import console
 from msnewlesion.errors import ModelError
 from msnewlesion.hub import (
-    DEFAULT_MODEL,
     HubSpec,
     add_model,
     build_model_card,
@@ -44,6 +43,7 @@ from msnewlesion.hub import registry as registry_module
 from msnewlesion.hub.download import sha256_of_file
 from msnewlesion.model import CoactSeg, ModelConfig
 from msnewlesion.model.checkpoint import load_model, save_model
+from msnewlesion.settings import DEFAULT_MODEL
 
 REPO = "lab/tiny-coactseg"
 

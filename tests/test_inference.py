@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from msnewlesion.device import resolve_precision
 from msnewlesion.errors import InputError
 from msnewlesion.inference import (
     SlidingWindowOptions,
     gaussian_importance,
-    resolve_precision,
     sliding_window_predict,
     window_starts,
 )

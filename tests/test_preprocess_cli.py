@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from msnewlesion.cli import app
 from msnewlesion.model.config import ModelConfig
-from msnewlesion.preprocess import DEFAULT_TRANSFORM, OUTPUT_NAMES
+from msnewlesion.preprocess import OUTPUT_NAMES
+from msnewlesion.settings import DEFAULT_TRANSFORM
 from preprocess_helpers import phantom_volume, rigid, save_nifti
 
 FAST = ["--skull-strip", "none", "--no-bias-correction", "--quiet"]
@@ -95,12 +96,13 @@ def test_without_hdbet2_weights_asking_for_hdbet2_stops_and_says_what_to_do(
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_invalid_options_are_one_line_errors(runner: CliRunner, scans, tmp_path) -> None:
-    result = runner.invoke(
-        app, ["preprocess", *map(str, scans), "-o", str(tmp_path / "o"), "--space", "mni", "--transform", "SyN"]
-    )
-    assert result.exit_code == 1
-    assert "registration 'mni' is not one of" in result.stderr and "transform 'SyN'" in result.stderr
+def test_invalid_options_are_refused_while_parsing_naming_the_flag(runner: CliRunner, scans, tmp_path) -> None:
+    result = runner.invoke(app, ["preprocess", *map(str, scans), "-o", str(tmp_path / "o"), "--space", "mni"])
+    message = " ".join(result.stderr.replace("│", " ").split())  # the error box wraps lines
+    assert result.exit_code == 2
+    assert "'--space': 'mni' is not one of: halfway, baseline, followup, none" in message
+    assert "registration" not in message  # the core's name for the setting stays out of the command line
+    assert not (tmp_path / "o").exists()
 
 
 def test_help_names_every_switch_and_the_default_transform(runner: CliRunner) -> None:
@@ -123,3 +125,14 @@ def test_help_names_every_switch_and_the_default_transform(runner: CliRunner) ->
     assert f"{DEFAULT_TRANSFORM} (default)" in result.output
     assert "Example" in result.output
     assert "preprocess" in runner.invoke(app, ["--help"]).output
+
+
+def test_model_is_resolved_as_predict_resolves_it(runner: CliRunner, scans, tmp_path) -> None:
+    # A registry name (it was taken for a folder and refused); options given explicitly still win.
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["preprocess", *map(str, scans), "-o", str(out), "--model", "demo", "--spacing", "3", "3", "3", *FAST]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "preprocess.json").read_text())
+    assert record["common_grid"]["spacing_mm"] == [3.0, 3.0, 3.0] and record["options"]["crop_margin"] == 15

@@ -109,3 +109,23 @@ def test_several_named_labels_per_time_point(tmp_path: Path, runner: CliRunner) 
     clash += ["--baseline-label", f"x={tmp_path / 'large.nii.gz'}"]
     result = runner.invoke(app, [*command[:4], str(tmp_path / "other"), *command[5:], *clash])
     assert result.exit_code == 1 and "both be written as x.nii.gz" in result.stderr
+
+
+def test_a_label_on_the_wrong_grid_is_refused_before_the_registration(
+    tmp_path: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    affine = grid_affine((64, 72, 56), (2.0, 2.0, 2.0), "RAS")
+    baseline = _scan(tmp_path / "t1.nii.gz", (64, 72, 56), affine)
+    followup = _scan(tmp_path / "t2.nii.gz", (64, 72, 56), affine)
+    nib.save(nib.Nifti1Image(np.zeros((64, 72, 50), np.uint8), affine), str(tmp_path / "cut.nii.gz"))
+
+    def no_registration(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the preprocessing started before the label was checked")
+
+    monkeypatch.setattr("msnewlesion.preprocess.preprocess_pair", no_registration)
+    out = tmp_path / "prep"
+    command = ["preprocess", str(baseline), str(followup), "-o", str(out), "--quiet"]
+    result = runner.invoke(app, [*command, "--followup-label", f"new={tmp_path / 'cut.nii.gz'}"])
+    assert result.exit_code == 1, result.output
+    assert "cut.nii.gz is not on the followup scan's grid" in result.stderr
+    assert not out.exists() or not any(out.iterdir())

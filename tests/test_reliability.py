@@ -23,8 +23,8 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from msnewlesion.cli import app
-from msnewlesion.cli.common import flags_of, with_flags
-from msnewlesion.errors import InputError, OutputExistsError, OutputInUseError
+from msnewlesion.cli.common import flag_spelling, flags_of
+from msnewlesion.errors import InputError, OutputExistsError, OutputInUseError, parameter, spelling_parameters
 from msnewlesion.io import LOCK_NAME, check_output_location, check_outputs_free, claim_output_folder, load_volume
 from msnewlesion.predict import PredictOptions
 from msnewlesion.training import TrainConfig
@@ -249,16 +249,21 @@ def test_core_errors_name_parameters_and_the_command_line_names_its_flags() -> N
     from msnewlesion.cli.predict import predict
     from msnewlesion.cli.synth import synth
 
-    flags = flags_of(predict)
-    assert with_flags("pass `overwrite=True` to replace them", flags) == "pass --overwrite to replace them"
-    assert with_flags("`threshold` must be", flags) == "--threshold must be"
-    assert with_flags('try `transform="Rigid"`', flags) == "try --transform Rigid"
-    assert with_flags("with `preprocess=False`", flags) == "with --no-preprocess"
-    assert with_flags('`skull_strip="none"` or `brain_mask`', flags) == "--skull-strip none or --brain-mask"
-    assert with_flags("give `library`", flags) == "give library"  # no such option on predict: the name
-    assert with_flags("(`added_lesions=0`), `library_locations=False`", flags_of(synth)) == (
-        "(--added 0), --any-white-matter"
-    )
+    # No message is rewritten: while a command runs, the core writes its flags in the first place.
+    with spelling_parameters(flag_spelling(flags_of(predict))):
+        with pytest.raises(InputError) as error:
+            PredictOptions(threshold=2.0)
+        assert str(error.value) == "--threshold must be between 0 and 1, got 2.0"
+        assert parameter("overwrite", True) == "--overwrite"
+        assert parameter("transform", "Rigid") == "--transform Rigid"
+        assert parameter("preprocess", False) == "--no-preprocess"
+        assert parameter("skull_strip", "none") == "--skull-strip none"
+        assert parameter("registration", "baseline") == "--space baseline"  # the one documented mapping
+        assert parameter("library") == "library"  # no such option on predict: the name
+    with spelling_parameters(flag_spelling(flags_of(synth))):
+        assert parameter("added_lesions", 0) == "--added 0"
+        assert parameter("library_locations", False) == "--any-white-matter"
+    assert parameter("overwrite", True) == "`overwrite=True`"  # a library caller again
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,7 +133,7 @@ def test_fast_and_accurate_modes(monkeypatch) -> None:
     assert skullstrip.hdbet_v1_settings("auto", "cpu").folds == (0,)
     accurate = skullstrip.hdbet_v1_settings("auto", "cuda")
     assert accurate.folds == (0, 1, 2, 3, 4) and accurate.mirror
-    with pytest.raises(Exception, match="not one of auto, fast, accurate"):
+    with pytest.raises(Exception, match="not one of: auto, fast, accurate"):
         skullstrip.hdbet_v1_settings("quick", "cpu")
 
 

@@ -597,7 +597,7 @@ def test_cli_reports_bad_inputs_in_one_line(files: SimpleNamespace, tmp_path: Pa
     result = runner.invoke(app, ["synth", str(files.flair), str(files.lesions), "-o", str(tmp_path / "c")])
     assert result.exit_code == 1 and "no lesion library was given" in result.output
     result = runner.invoke(app, synth_args(files, tmp_path / "d", "--contrast", "0.8"))
-    assert result.exit_code == 1 and "must exceed 1" in result.output
+    assert result.exit_code == 2 and "must exceed 1" in result.output  # a setting that cannot work
     assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
 
 

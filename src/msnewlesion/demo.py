@@ -22,6 +22,8 @@ from msnewlesion.progress import ProgressCallback
 __all__ = ["EXAMPLE_DIR", "DemoResult", "ExamplePair", "example_pair", "run_demo"]
 
 EXAMPLE_DIR = Path(__file__).resolve().parent / "data" / "example"
+#: The built-in model the demo scores the example with, whatever the default model
+#: (:data:`msnewlesion.settings.DEFAULT_MODEL`) is: the example's documented F1 is this model's.
 DEMO_MODEL = "demo"
 
 

@@ -39,9 +39,9 @@ import torch
 from torch import nn
 
 from msnewlesion.errors import InputError
+from msnewlesion.settings import ENGINES, check_choice
 
 __all__ = [
-    "ENGINES",
     "BatchRunner",
     "cache_dir",
     "network_fingerprint",
@@ -50,8 +50,6 @@ __all__ = [
     "resolve_engine",
     "torch_runner",
 ]
-
-ENGINES = ("auto", "torch", "openvino")
 
 #: A forward pass: a float32 batch in, the network's output tensors (float32, on the CPU for OpenVINO) out.
 BatchRunner = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
@@ -77,8 +75,7 @@ def resolve_engine(engine: str, device: torch.device) -> str:
     >>> resolve_engine("torch", torch.device("cpu"))
     'torch'
     """
-    if engine not in ENGINES:
-        raise InputError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+    check_choice("engine", engine, ENGINES)
     if engine == "auto":
         return "torch"
     if engine == "openvino":

@@ -20,21 +20,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from msnewlesion.device import resolve_precision
 from msnewlesion.engines import BatchRunner, openvino_runner, resolve_engine, torch_runner
-from msnewlesion.errors import InputError
+from msnewlesion.errors import InputError, OptionError
 from msnewlesion.model.network import CoactSeg, fold_batch_norm, lesion_probabilities
 from msnewlesion.progress import ProgressCallback, report
+from msnewlesion.settings import ENGINES, PRECISIONS, choice_problem
 
 __all__ = [
     "HeadProbabilities",
     "SlidingWindowOptions",
     "gaussian_importance",
-    "resolve_precision",
     "sliding_window_predict",
     "window_starts",
 ]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BLENDINGS = ("gaussian", "constant")
 
 
@@ -93,21 +93,21 @@ class SlidingWindowOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
-            raise InputError(f"patch size must be 3 positive integers, got {self.patch_size}")
+            raise OptionError(f"patch size must be 3 positive integers, got {self.patch_size}")
         if not 0.0 <= self.overlap < 1.0:
-            raise InputError(f"overlap must be in [0, 1), got {self.overlap}")
+            raise OptionError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.step is not None and self.step < 1:
-            raise InputError(f"step must be a positive number of voxels, got {self.step}")
+            raise OptionError(f"step must be a positive number of voxels, got {self.step}")
         if self.blending not in BLENDINGS:
-            raise InputError(f"blending must be one of {', '.join(BLENDINGS)}, got {self.blending!r}")
+            raise OptionError(f"blending must be one of {', '.join(BLENDINGS)}, got {self.blending!r}")
         if self.placement not in ("even", "reference"):
-            raise InputError(f"placement must be 'even' or 'reference', got {self.placement!r}")
+            raise OptionError(f"placement must be 'even' or 'reference', got {self.placement!r}")
         if self.batch_size < 1:
-            raise InputError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.engine not in ("auto", "torch", "openvino"):
-            raise InputError(f"engine must be auto, torch or openvino, got {self.engine!r}")
+            raise OptionError(f"batch size must be at least 1, got {self.batch_size}")
+        for problem in (choice_problem("precision", self.precision, PRECISIONS),
+                        choice_problem("engine", self.engine, ENGINES)):  # fmt: skip
+            if problem is not None:
+                raise OptionError(problem)
 
     def steps(self) -> tuple[int, int, int]:
         if self.step is not None:
@@ -149,38 +149,6 @@ def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 0.125) -
     # The far corners underflow towards 0; a floor keeps every voxel of a window contributing.
     weights = np.maximum(weights, weights[weights > 0].min(), out=weights)
     return weights.astype(np.float32)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32)."""
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        if precision == "fp16":
-            return torch.float16
-        if precision == "bf16":
-            return torch.bfloat16
-        # Ampere and newer run fp32 convolutions on tensor cores (TF32): on an H100 that was faster
-        # than bf16 autocast for this network (0.38 s against 0.53 s for a 160×192×160 volume).
-        major, _ = torch.cuda.get_device_capability(device)
-        return None if major >= 8 and torch.backends.cudnn.allow_tf32 else torch.float16
-    if device.type == "cpu":
-        if precision == "fp16":
-            raise InputError('fp16 is not supported on the CPU: use `precision="bf16"` or fp32')
-        if precision == "bf16" or _cpu_has_native_bf16():
-            return torch.bfloat16
-        return None
-    # MPS and others: autocast support is partial, so stay in fp32 unless asked otherwise.
-    if precision == "auto":
-        return None
-    return torch.float16 if precision == "fp16" else torch.bfloat16
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _pad_to_patch(array: np.ndarray, patch: Sequence[int], value: float) -> tuple[np.ndarray, tuple[slice, ...]]:

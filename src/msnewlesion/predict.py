@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from msnewlesion.device import resolve_device
+from msnewlesion.device import resolve_device, resolve_precision
 from msnewlesion.domain import (
     InputDomain,
     acquisition_warnings,
@@ -30,8 +30,8 @@ from msnewlesion.domain import (
     registration_warnings,
 )
 from msnewlesion.engines import resolve_engine
-from msnewlesion.errors import InputError
-from msnewlesion.inference import HeadProbabilities, SlidingWindowOptions, resolve_precision, sliding_window_predict
+from msnewlesion.errors import InputError, OptionError, parameter
+from msnewlesion.inference import HeadProbabilities, SlidingWindowOptions, sliding_window_predict
 from msnewlesion.io import Volume, check_outputs_free, load_volume, save_volume, staged_outputs, write_json, write_text
 from msnewlesion.lesions import (
     CHANGE_CODES,
@@ -52,6 +52,17 @@ from msnewlesion.prediction_summary import LesionSummary, ModelProvenance, Predi
 from msnewlesion.preprocess import PreprocessedPair, PreprocessOptions, preprocess_pair, to_native
 from msnewlesion.progress import ProgressCallback, report
 from msnewlesion.report import save_qc_figure
+from msnewlesion.settings import (
+    CONNECTIVITIES,
+    ENGINES,
+    PRECISIONS,
+    REGISTRATION_SPACES,
+    SKULL_STRIP_METHODS,
+    SKULL_STRIP_MODES,
+    TRANSFORMS,
+    choice_problem,
+    device_problem,
+)
 
 __all__ = [
     "OUTPUT_NAMES",
@@ -115,8 +126,8 @@ class PredictOptions:
         How much of HD-BET v1 runs (folds and mirroring).
     brain_mask : Path, optional
         A brain mask on the baseline's grid, used instead of skull stripping.
-    space : {"halfway", "baseline", "followup"}
-        The common space of the two time points.
+    space : {"halfway", "baseline", "followup", "none"}
+        The common space of the two time points (``none``: they already share one grid).
     transform : str, optional
         ``QuickRigid`` or ``Rigid``; the preprocessing default when None.
     bias_correction : bool
@@ -174,15 +185,33 @@ class PredictOptions:
     enlarging_min_mm3: float = 10.0
 
     def __post_init__(self) -> None:
+        choices: dict[str, Sequence[object]] = {
+            "skull_strip": SKULL_STRIP_METHODS,
+            "skull_strip_mode": SKULL_STRIP_MODES,
+            "space": REGISTRATION_SPACES,
+            "transform": (None, *TRANSFORMS),
+            "precision": PRECISIONS,
+            "engine": ENGINES,
+            "connectivity": CONNECTIVITIES,
+        }
+        found = [choice_problem(name, getattr(self, name), allowed) for name, allowed in choices.items()]
+        problems = [problem for problem in [*found, device_problem(self.device)] if problem is not None]
+        if not 0.0 <= self.overlap < 1.0:
+            problems.append(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be at least 1, got {self.batch_size}")
+        if problems:
+            raise OptionError("invalid prediction options: " + "; ".join(problems))
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            raise InputError(f"`threshold` must be between 0 and 1, got {self.threshold}")
+            raise OptionError(f"{parameter('threshold')} must be between 0 and 1, got {self.threshold}")
         if self.min_lesion_volume < 0:
-            raise InputError(f"`min_lesion_volume` must be ≥ 0 mm³, got {self.min_lesion_volume}")
-        if self.connectivity not in (6, 26):
-            raise InputError(f"`connectivity` must be 6 or 26, got {self.connectivity}")
+            raise OptionError(f"{parameter('min_lesion_volume')} must be ≥ 0 mm³, got {self.min_lesion_volume}")
         if self.min_brightening is not None and not np.isfinite(self.min_brightening):
-            raise InputError(f"`min_brightening` must be a finite number, got {self.min_brightening}")
-        self.change_rule()  # refuses a bad enlarging rule before any work
+            raise OptionError(f"{parameter('min_brightening')} must be a finite number, got {self.min_brightening}")
+        try:
+            self.change_rule()  # a bad enlarging rule is refused before any work
+        except InputError as error:
+            raise OptionError(str(error)) from None
 
     def change_rule(self) -> ChangeRule:
         """When a lesion is enlarging or shrinking (see :class:`~msnewlesion.lesions.ChangeRule`)."""

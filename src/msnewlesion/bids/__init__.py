@@ -20,7 +20,6 @@ Modules: :mod:`~msnewlesion.bids.discovery` (sessions, FLAIRs and pairs),
 
 from msnewlesion.bids.description import BIDSIGNORE, write_dataset_description
 from msnewlesion.bids.discovery import (
-    SESSION_PAIRINGS,
     BidsSelection,
     ParticipantPlan,
     SessionPair,
@@ -45,7 +44,6 @@ __all__ = [
     "BIDSIGNORE",
     "GROUP_COLUMNS",
     "GROUP_OUTPUT_NAMES",
-    "SESSION_PAIRINGS",
     "BidsSelection",
     "GroupResult",
     "MessageCallback",

@@ -16,7 +16,7 @@ from typing import Any
 
 from msnewlesion import __version__
 from msnewlesion.bids.discovery import RAW_DATASET
-from msnewlesion.bids.naming import _read_json
+from msnewlesion.bids.naming import read_json
 from msnewlesion.errors import InputError
 from msnewlesion.io import create_exclusively, exclusive_lock, write_json
 from msnewlesion.model.checkpoint import LoadedModel
@@ -94,7 +94,7 @@ def _dataset_description(
 
 def _read_description(path: Path) -> dict[str, Any]:
     for _ in range(25):  # another job may be writing it where hard links are not available
-        description = _read_json(path)
+        description = read_json(path)
         if description is not None:
             return description
         time.sleep(0.2)

@@ -23,11 +23,11 @@ from typing import cast
 
 import numpy as np
 
-from msnewlesion.errors import InputError
+from msnewlesion.errors import InputError, parameter
 from msnewlesion.io import check_output_location, quiet_nibabel
+from msnewlesion.settings import SESSION_PAIRINGS, check_choice
 
 __all__ = [
-    "SESSION_PAIRINGS",
     "BidsSelection",
     "ParticipantPlan",
     "SessionPair",
@@ -39,7 +39,6 @@ __all__ = [
     "plan_participant",
 ]
 
-SESSION_PAIRINGS = ("consecutive", "first")
 #: The name under which BIDS URIs in sidecars refer to the raw dataset (``DatasetLinks``).
 RAW_DATASET = "raw"
 FLAIR_SUFFIXES = ("_FLAIR.nii.gz", "_FLAIR.nii")
@@ -73,10 +72,11 @@ class BidsSelection:
     def __post_init__(self) -> None:
         labels = tuple(dict.fromkeys(normalize_participant_label(label) for label in self.participant_labels))
         object.__setattr__(self, "participant_labels", labels)
-        if self.session_pairs not in SESSION_PAIRINGS:
-            raise InputError(f"`session_pairs` must be {' or '.join(SESSION_PAIRINGS)}, got {self.session_pairs!r}")
+        check_choice("session_pairs", self.session_pairs, SESSION_PAIRINGS)
         if self.flair_pattern is not None and not self.flair_pattern.strip():
-            raise InputError("`flair_pattern` is empty: give a glob such as '*_acq-3D_*', or leave it out")
+            raise InputError(
+                f"{parameter('flair_pattern')} is empty: give a glob such as '*_acq-3D_*', or leave it out"
+            )
 
 
 @dataclass(frozen=True)
@@ -367,7 +367,7 @@ def _choose_flair(
     others = ", ".join(name for name, _ in ordered[1:])
     notes.append(
         f"ses-{session}: {len(candidates)} FLAIRs; chose {ordered[0][0]} (the acquisition most sessions share, "
-        f"then the finest voxels, then the highest run) over {others}; `flair_pattern` chooses otherwise"
+        f"then the finest voxels, then the highest run) over {others}; {parameter('flair_pattern')} chooses otherwise"
     )
     return ordered[0]
 
@@ -429,7 +429,7 @@ def plan_participant(
             matching = [c for c in candidates if fnmatch.fnmatchcase(c[0], selection.flair_pattern)]
             if candidates and not matching:
                 plan.notes.append(
-                    f"ses-{session}: no FLAIR matches `flair_pattern` {selection.flair_pattern!r} "
+                    f"ses-{session}: no FLAIR matches {parameter('flair_pattern')} {selection.flair_pattern!r} "
                     f"({', '.join(c[0] for c in candidates)}); session left out"
                 )
             candidates = matching

@@ -13,7 +13,7 @@ import pandas as pd
 
 from msnewlesion import __version__
 from msnewlesion.bids.discovery import BidsSelection, ParticipantPlan, _check_bids_dir, _natural_key, plan_dataset
-from msnewlesion.bids.naming import _read_json, _relative, pair_is_complete, pair_outputs
+from msnewlesion.bids.naming import pair_is_complete, pair_outputs, read_json, relative_path
 from msnewlesion.bids.participant import LOG_FOLDER
 from msnewlesion.errors import InputError
 from msnewlesion.io import atomic_path, write_json, write_text
@@ -69,7 +69,7 @@ class GroupResult:
 
 
 def _status_reasons(output_dir: Path, participant: str) -> dict[tuple[str, str], tuple[str, str | None]]:
-    status = _read_json(output_dir / LOG_FOLDER / f"sub-{participant}_status.json") or {}
+    status = read_json(output_dir / LOG_FOLDER / f"sub-{participant}_status.json") or {}
     return {
         (str(p.get("baseline_session")), str(p.get("followup_session"))): (str(p.get("status")), p.get("reason"))
         for p in status.get("pairs", [])
@@ -98,7 +98,7 @@ def _row_from_summary(output_dir: Path, summary: dict[str, Any], summary_path: P
         "new_lesion_mask": listed.get("new_lesions"),
         "lesion_changes": listed.get("lesion_changes"),
         "qc": listed.get("qc"),
-        "summary": _relative(summary_path, output_dir),
+        "summary": relative_path(summary_path, output_dir),
         "reason": None,
     }
 
@@ -230,7 +230,7 @@ def _group_rows(output_dir: Path, plans: list[ParticipantPlan], selected: set[st
             summary_path = pair_outputs(output_dir, pair)["summary"]
             seen.add(summary_path)
             if pair_is_complete(output_dir, pair):
-                rows.append(_row_from_summary(output_dir, _read_json(summary_path) or {}, summary_path))
+                rows.append(_row_from_summary(output_dir, read_json(summary_path) or {}, summary_path))
                 continue
             status, reason = reasons.get((pair.baseline.session, pair.followup.session), ("missing", None))
             row = dict.fromkeys(GROUP_COLUMNS)
@@ -250,7 +250,7 @@ def _group_rows(output_dir: Path, plans: list[ParticipantPlan], selected: set[st
     for summary_path in sorted(output_dir.glob("sub-*/ses-*/anat/*_summary.json")):
         if summary_path in seen:
             continue
-        summary = _read_json(summary_path)
+        summary = read_json(summary_path)
         if summary is None or "bids" not in summary:
             continue
         if selected is not None and str(summary["bids"].get("participant")) not in selected:
@@ -442,7 +442,7 @@ def run_group_level(
         path = timeline_path(output_dir, participant)
         write_text(path, timeline.to_csv(sep="\t", index=False, na_rep="n/a"))
         outputs[f"timeline_{participant}"] = path
-        timeline_names[participant] = _relative(path, output_dir)
+        timeline_names[participant] = relative_path(path, output_dir)
     if participant_timelines:
         _timeline_plot(participant_timelines, outputs["timeline_plot"])
     else:

@@ -14,7 +14,7 @@ from typing import Any
 
 from msnewlesion.bids.discovery import SessionPair, SessionScan
 
-__all__ = ["pair_is_complete", "pair_outputs"]
+__all__ = ["pair_is_complete", "pair_outputs", "pair_state", "read_json", "relative_path"]
 
 
 def _name(
@@ -76,11 +76,13 @@ def pair_outputs(
     return outputs
 
 
-def _relative(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
+    """``path`` below ``root``, with forward slashes (as the derivative's JSON files record paths)."""
     return path.relative_to(root).as_posix()
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing, unreadable or not an object (an unfinished write)."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -88,11 +90,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _pair_state(output_dir: Path, pair: SessionPair) -> str:
-    # "complete", "absent", "partial" (files but no summary: an interrupted run), or "stale"
-    # (complete, but from other input files: the FLAIR choice changed since).
+def pair_state(output_dir: Path, pair: SessionPair) -> str:
+    """What the derivative holds for ``pair``: "complete", "absent", "partial" (files but no summary: an
+    interrupted run), or "stale" (complete, but from other input files: the FLAIR choice changed since)."""
     summary_path = pair_outputs(output_dir, pair)["summary"]
-    summary = _read_json(summary_path)
+    summary = read_json(summary_path)
     if summary is None:
         folder = summary_path.parent
         return "partial" if folder.is_dir() and any(folder.glob(f"*desc-since{pair.baseline.session}_*")) else "absent"
@@ -115,4 +117,4 @@ def pair_is_complete(output_dir: str | os.PathLike[str], pair: SessionPair) -> b
     >>> pair_is_complete("/data/ms-cohort/derivatives/msnewlesion", plan.pairs[0])  # doctest: +SKIP
     True
     """
-    return _pair_state(Path(output_dir), pair) == "complete"
+    return pair_state(Path(output_dir), pair) == "complete"

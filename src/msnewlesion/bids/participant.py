@@ -31,8 +31,8 @@ from msnewlesion.bids.discovery import (
     check_dataset,
     plan_dataset,
 )
-from msnewlesion.bids.naming import _pair_state, _read_json, _relative, pair_outputs
-from msnewlesion.errors import InputError, MsNewLesionError, OutputInUseError
+from msnewlesion.bids.naming import pair_outputs, pair_state, read_json, relative_path
+from msnewlesion.errors import InputError, MsNewLesionError, OutputInUseError, parameter
 from msnewlesion.io import check_outputs_free, claim_output_folder, write_json
 from msnewlesion.model.checkpoint import LoadedModel
 from msnewlesion.predict import (
@@ -80,7 +80,9 @@ class PairResult:
 
     def as_dict(self, root: Path | None = None) -> dict[str, Any]:
         values = dataclasses.asdict(self)
-        values["outputs"] = {k: (_relative(v, root) if root is not None else str(v)) for k, v in self.outputs.items()}
+        values["outputs"] = {
+            k: (relative_path(v, root) if root is not None else str(v)) for k, v in self.outputs.items()
+        }
         return values
 
 
@@ -129,7 +131,7 @@ class ParticipantLevelResult:
                     "failed": p.failed,
                     "problems": p.plan.problems,
                     "notes": p.plan.notes,
-                    "log": _relative(p.log, self.output_dir),
+                    "log": relative_path(p.log, self.output_dir),
                     "pairs": [pair.as_dict(self.output_dir) for pair in p.pairs],
                 }
                 for p in self.participants
@@ -173,7 +175,7 @@ class _ParticipantLog:
                     "followup": pair.followup.relative_path,
                     "status": result.status if result else "pending",
                     "reason": result.reason if result else None,
-                    "summary": _relative(pair_outputs(output_dir, pair)["summary"], output_dir),
+                    "summary": relative_path(pair_outputs(output_dir, pair)["summary"], output_dir),
                 }
             )
         write_json(
@@ -313,12 +315,12 @@ def _write_pair(job: _PairJob, prediction: Prediction, outputs: dict[str, Path])
 
 def _skipped(job: _PairJob, result: PairResult) -> PairResult:
     output_dir = job.run.output_dir
-    summary = _read_json(result.outputs["summary"]) or {}
+    summary = read_json(result.outputs["summary"]) or {}
     result.status = "skipped"
     result.outputs = {k: output_dir / v for k, v in summary.get("outputs", {}).items()}
     result.new_lesion_count = summary.get("new_lesions", {}).get("count")
     result.new_lesion_volume_mm3 = summary.get("new_lesions", {}).get("volume_mm3")
-    job.log.write("info", f"{job.pair.name}: complete already, skipped (`overwrite=True` redoes it)")
+    job.log.write("info", f"{job.pair.name}: complete already, skipped ({parameter('overwrite', True)} redoes it)")
     return result
 
 
@@ -326,7 +328,7 @@ def _run_pair(job: _PairJob) -> PairResult:
     pair, run = job.pair, job.run
     outputs = pair_outputs(run.output_dir, pair, save_probabilities=run.options.save_probabilities)
     result = PairResult(pair.participant, pair.baseline.session, pair.followup.session, "done", outputs=outputs)
-    state = _pair_state(run.output_dir, pair)
+    state = pair_state(run.output_dir, pair)
     if state == "complete" and not run.overwrite:
         return _skipped(job, result)
     if state == "stale":
@@ -426,7 +428,7 @@ def run_participant_level(
     """
     options = options or PredictOptions()
     if options.brain_mask is not None:
-        raise InputError("`brain_mask` fits one pair, not a dataset: leave it out for BIDS processing")
+        raise InputError(f"{parameter('brain_mask')} fits one pair, not a dataset: leave it out for BIDS processing")
     bids_dir = check_dataset(bids_dir, output_dir)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -11,14 +11,13 @@ from rich.markup import escape
 
 from msnewlesion.cli.common import (
     Command,
+    choice,
     cli_errors,
     err_console,
     fail,
-    flags_of,
     info,
     progress_bars,
     warn,
-    with_flags,
 )
 from msnewlesion.cli.predict import (
     BATCH_SIZE,
@@ -42,8 +41,9 @@ from msnewlesion.cli.predict import (
     THRESHOLD,
     TRANSFORM,
     TTA,
-    build_options,
+    predict_options,
 )
+from msnewlesion.settings import SESSION_PAIRINGS
 
 LABEL_OPTIONS = ("--participant-label", "--participant_label")
 #: predict options that describe one pair and mean nothing for a dataset (bids skips complete pairs itself).
@@ -54,11 +54,6 @@ _POSITIONALS = 3  # BIDS_DIR OUTPUT_DIR LEVEL
 class Level(str, Enum):
     participant = "participant"
     group = "group"
-
-
-class SessionPairs(str, Enum):
-    consecutive = "consecutive"
-    first = "first"
 
 
 def spread_participant_labels(
@@ -135,7 +130,6 @@ class BidsCommand(Command):
 
 
 def _print_message(level: str, message: str) -> None:
-    message = with_flags(message, flags_of(bids))
     if level == "error":
         err_console.print(f"[bold red]failed:[/] {escape(message)}", highlight=False, soft_wrap=True)
     elif level == "warning":
@@ -180,13 +174,13 @@ def bids(
     ),
     participant_label: Optional[list[str]] = typer.Option(
         None,
-        *LABEL_OPTIONS,
+        LABEL_OPTIONS[0],  # BidsCommand reads the BIDS-App spelling --participant_label as this one
         help="Participants to process, with or without sub- (several after one flag: 01 02 03). Default: all.",
     ),
-    session_pairs: SessionPairs = typer.Option(
-        SessionPairs.consecutive,
+    session_pairs: str = typer.Option(
+        "consecutive",
         "--session-pairs",
-        case_sensitive=False,
+        **choice(SESSION_PAIRINGS),
         help="consecutive: each session against the one before it; first: each session against the first.",
     ),
     flair_pattern: Optional[str] = typer.Option(
@@ -210,7 +204,7 @@ def bids(
     paper_mode: bool = PAPER_MODE,
     threshold: Optional[float] = THRESHOLD,
     min_lesion_volume: float = MIN_LESION_VOLUME,
-    connectivity: int = CONNECTIVITY,
+    connectivity: str = CONNECTIVITY,
     device: str = DEVICE,
     save_probabilities: bool = SAVE_PROBABILITIES,
     min_brightening: Optional[float] = MIN_BRIGHTENING,
@@ -251,13 +245,35 @@ def bids(
 
     selection = BidsSelection(
         participant_labels=participant_label or (),
-        session_pairs=session_pairs.value,
+        session_pairs=session_pairs,
         flair_pattern=flair_pattern,
     )
     if level == Level.group:
         _group(bids_dir, output_dir, selection, as_json)
         return
-    options = build_options(locals() | {"brain_mask": None})  # one mask cannot fit a whole cohort
+    options = predict_options(
+        no_preprocess=no_preprocess,
+        skull_strip=skull_strip,
+        skull_strip_mode=skull_strip_mode,
+        brain_mask=None,  # one mask cannot fit a whole cohort
+        space=space,
+        transform=transform,
+        no_bias_correction=no_bias_correction,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        precision=precision,
+        engine=engine,
+        paper_mode=paper_mode,
+        threshold=threshold,
+        min_lesion_volume=min_lesion_volume,
+        connectivity=connectivity,
+        device=device,
+        save_probabilities=save_probabilities,
+        min_brightening=min_brightening,
+        enlarging_relative=enlarging_relative,
+        enlarging_min_mm3=enlarging_min_mm3,
+    )
     check_dataset(bids_dir, output_dir)  # a wrong BIDS or output folder fails before the model is loaded
     from msnewlesion.predict import open_model
 

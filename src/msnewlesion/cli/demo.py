@@ -5,17 +5,19 @@ from pathlib import Path
 
 import typer
 
-from msnewlesion.cli.common import DEVICE_HELP, cli_errors, info, progress_bars, warn
-from msnewlesion.cli.predict import ENGINE, SKULL_STRIP_MODE
+from msnewlesion.cli.common import choice, cli_errors, info, progress_bars, warn
+from msnewlesion.cli.predict import DEVICE, ENGINE, SKULL_STRIP_MODE
+from msnewlesion.settings import SKULL_STRIP_METHODS
 
 
 @cli_errors
 def demo(
     output: Path = typer.Option(..., "-o", "--output", help="Folder for the results (created if needed)."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = DEVICE,
     skull_strip: str = typer.Option(
         "none",
         "--skull-strip",
+        **choice(SKULL_STRIP_METHODS),
         help="none (the example is already skull-stripped), or auto, hd-bet-v1, hd-bet to run skull stripping anyway.",
     ),
     skull_strip_mode: str = SKULL_STRIP_MODE,

@@ -2,7 +2,6 @@
 
 import json
 import math
-from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,23 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from msnewlesion.cli.common import cli_errors, console, err_console, fail, flags_of, progress_bars, warn, with_flags
+from msnewlesion.cli.common import choice, cli_errors, console, err_console, fail, progress_bars, warn
 from msnewlesion.errors import InputError
-
-
-class Units(str, Enum):
-    mm = "mm"
-    voxel = "voxel"
-
-
-class ReferenceKind(str, Enum):
-    classes = "classes"
-    change = "change"
-
-
-class Connectivity(str, Enum):
-    twenty_six = "26"
-    six = "6"
+from msnewlesion.settings import CHANGE_REFERENCE_KINDS, CONNECTIVITIES, DISTANCE_UNITS
 
 
 @cli_errors
@@ -56,14 +41,18 @@ def evaluate(
     min_lesion_voxels: Optional[int] = typer.Option(
         None, "--min-lesion-voxels", min=0, help="The same rule in voxels: lesions of fewer voxels are left out."
     ),
-    connectivity: Connectivity = typer.Option(
-        Connectivity.twenty_six,
+    connectivity: str = typer.Option(
+        "26",
         "--connectivity",
+        **choice(CONNECTIVITIES),
         help="Voxels touching by a face, edge or corner (26, as in the CoactSeg paper) or by a face only "
         "(6, as in the MSSEG evaluator Anima) belong to one lesion.",
     ),
-    units: Units = typer.Option(
-        Units.mm, "--units", help="Distances in mm (using the image spacing) or in voxels (as the paper reported)."
+    units: str = typer.Option(
+        "mm",
+        "--units",
+        **choice(DISTANCE_UNITS),
+        help="Distances in mm (using the image spacing) or in voxels (as the paper reported).",
     ),
     threshold: Optional[float] = typer.Option(
         None,
@@ -78,9 +67,10 @@ def evaluate(
         help="PRED is a lesion_changes map (1 new, 2 enlarging, 3 stable, 4 shrinking, 5 resolved): score "
         "new-or-enlarging and each class the reference holds, lesion-wise (docs/metrics.md).",
     ),
-    reference_kind: ReferenceKind = typer.Option(
-        ReferenceKind.classes,
+    reference_kind: str = typer.Option(
+        "classes",
         "--reference-kind",
+        **choice(CHANGE_REFERENCE_KINDS),
         help="With --classes: classes (GT holds the same codes, as synth writes) or change (GT is a plain "
         "change mask, every value above 0 a change of any class: scored against every class but stable).",
     ),
@@ -141,8 +131,8 @@ def evaluate(
     options = EvaluationOptions(
         min_lesion_volume_mm3=min_lesion_volume,
         min_lesion_voxels=min_lesion_voxels,
-        connectivity=int(connectivity.value),
-        units=units.value,
+        connectivity=int(connectivity),
+        units=units,
         threshold=threshold,
     )
     single = prediction is not None or reference is not None
@@ -173,19 +163,18 @@ def evaluate(
     if output is not None and lesions_csv is not None and output.resolve() == lesions_csv.resolve():
         raise InputError("-o and --lesions-csv must be different files")
 
-    if reference_kind != ReferenceKind.classes and not classes:
+    if reference_kind != "classes" and not classes:
         raise InputError("--reference-kind goes with --classes: add --classes to score lesion changes")
     with progress_bars(enabled=not quiet and len(case_pairs) > 1) as progress:
         if classes:
             results, evaluation_failures = evaluate_change_pairs(
-                case_pairs, options, reference_kind=reference_kind.value, progress=progress
+                case_pairs, options, reference_kind=reference_kind, progress=progress
             )
         else:
             results, evaluation_failures = evaluate_pairs(case_pairs, options, progress=progress)
     failures.extend(evaluation_failures)
-    flags = flags_of(evaluate)
     if single and failures:
-        raise fail(with_flags(failures[0].error, flags))
+        raise fail(failures[0].error)
 
     if output is not None:
         write_results_csv(output, results, failures)
@@ -199,16 +188,15 @@ def evaluate(
             # One table per score: a mean over different classes would mean nothing.
             for score in dict.fromkeys(score_of(result) for result in results):
                 chosen = [result for result in results if score_of(result) == score]
-                _print_table(screen, chosen, summarise(chosen), units.value, heading=score)
+                _print_table(screen, chosen, summarise(chosen), units, heading=score)
         else:
-            _print_table(screen, results, summarise(results), units.value)
+            _print_table(screen, results, summarise(results), units)
         for written, what in ((output, "results"), (lesions_csv, "per-lesion results")):
             if written is not None:
                 err_console.print(f"{what} written to {escape(str(written))}", highlight=False)
 
     for failure in failures:
-        message = with_flags(failure.error, flags)
-        err_console.print(f"[bold red]error:[/] {escape(failure.case)}: {escape(message)}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(failure.case)}: {escape(failure.error)}", soft_wrap=True)
     if failures:
         total = len(results) + len(failures)
         raise fail(f"{len(failures)} of {total} cases could not be evaluated (see above)")

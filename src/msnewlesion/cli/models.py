@@ -25,6 +25,16 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
+def _sha256_value(value: Optional[str]) -> Optional[str]:
+    from msnewlesion.errors import ModelError
+    from msnewlesion.hub.download import normalize_sha256
+
+    try:
+        return None if value is None else normalize_sha256(value)
+    except ModelError as error:  # refused while parsing, before the model is fetched
+        raise typer.BadParameter(str(error)) from None
+
+
 # Terminals at least this wide get the registry as one table; narrower ones get one block per model.
 WIDE_TABLE = 120
 OFFLINE_HELP = "Use only the Hugging Face cache, never the network (HF_HUB_OFFLINE=1 does the same)."
@@ -179,7 +189,10 @@ def add_command(
         None, "--revision", help="Branch, tag or commit of the Hub repository (default: main)."
     ),
     sha256: Optional[str] = typer.Option(
-        None, "--sha256", help="Expected sha256 of model.safetensors; the model is refused if it differs."
+        None,
+        "--sha256",
+        callback=_sha256_value,
+        help="Expected sha256 of model.safetensors; the model is refused if it differs.",
     ),
     replace: bool = typer.Option(False, "--replace", help="Overwrite an entry of the same name."),
     offline: bool = typer.Option(False, "--offline", help=OFFLINE_HELP),

@@ -1,20 +1,49 @@
 """``msnewlesion predict``: new lesions for one pair of FLAIR scans."""
 
 import json
-from collections.abc import Mapping
+import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from msnewlesion.cli.common import DEVICE_HELP, cli_errors, console, info, progress_bars, warn
+from msnewlesion.cli.common import (
+    DEVICE_HELP,
+    DEVICE_METAVAR,
+    choice,
+    cli_errors,
+    console,
+    device_value,
+    info,
+    model_value,
+    number_in,
+    progress_bars,
+    warn,
+)
+from msnewlesion.settings import (
+    CONNECTIVITIES,
+    DEFAULT_MODEL,
+    DEFAULT_TRANSFORM,
+    ENGINES,
+    PRECISIONS,
+    REGISTRATION_SPACES,
+    SKULL_STRIP_METHODS,
+    SKULL_STRIP_MODES,
+    TRANSFORMS,
+)
 
-# Option declarations shared with the commands that run predict on many pairs (bids, demo).
+if TYPE_CHECKING:
+    from msnewlesion.predict import PredictOptions
+
+# Option declarations shared with the commands that run predict on many pairs (bids, demo). Every choice
+# comes from msnewlesion.settings, so that typer refuses a bad value while parsing and --help lists them.
 MODEL = typer.Option(
-    "demo",
+    DEFAULT_MODEL,
     "--model",
     "-m",
-    help="Model: a registry name (see `models list`), a Hub repo owner/name[@revision], or a local model folder.",
+    callback=model_value,
+    help="Model: a registry name (see `models list`), a Hub repo (owner/name, @revision optional) or a local "
+    "model folder.",
 )
 NO_PREPROCESS = typer.Option(
     False,
@@ -25,20 +54,30 @@ NO_PREPROCESS = typer.Option(
 SKULL_STRIP = typer.Option(
     "auto",
     "--skull-strip",
+    **choice(SKULL_STRIP_METHODS),
     help="auto (HD-BET 2 when its weights are in place, else HD-BET v1, which ships with msnewlesion), hd-bet "
     "(HD-BET 2), hd-bet-v1, or none for inputs that are already stripped.",
 )
 SKULL_STRIP_MODE = typer.Option(
     "auto",
     "--skull-strip-mode",
+    **choice(SKULL_STRIP_MODES),
     help="HD-BET v1: fast (one fold), accurate (five folds, mirrored) or auto (fast on a CPU, accurate on a GPU).",
 )
 BRAIN_MASK = typer.Option(
     None, "--brain-mask", help="A brain mask on the baseline's grid (instead of skull stripping)."
 )
-SPACE = typer.Option("halfway", "--space", help="Common space of the two scans: halfway, baseline or followup.")
+SPACE = typer.Option(
+    "halfway",
+    "--space",
+    **choice(REGISTRATION_SPACES),
+    help="Common space of the two scans: halfway, baseline, followup, or none (they already share one grid).",
+)
 TRANSFORM = typer.Option(
-    None, "--transform", help="Rigid registration: QuickRigid or Rigid (default: the preprocessing's)."
+    None,
+    "--transform",
+    **choice(TRANSFORMS),
+    help=f"Rigid registration: {DEFAULT_TRANSFORM} (default) or QuickRigid (faster, coarser).",
 )
 NO_BIAS_CORRECTION = typer.Option(False, "--no-bias-correction", help="Skip N4 bias-field correction.")
 OVERLAP = typer.Option(0.5, "--overlap", min=0.0, max=0.95, help="Overlap of neighbouring windows (0 to 0.95).")
@@ -47,14 +86,15 @@ TTA = typer.Option(False, "--tta", help="Average over the 8 mirrorings of each w
 PRECISION = typer.Option(
     "auto",
     "--precision",
-    help="auto, fp32, bf16 or fp16 (auto: bf16 on CPUs with native bf16, else fp32; fp32/TF32 on recent "
-    "NVIDIA GPUs, fp16 on older ones).",
+    **choice(PRECISIONS),
+    help="auto: bf16 on CPUs with native bf16, else fp32; fp32/TF32 on recent NVIDIA GPUs, fp16 on older ones.",
 )
 ENGINE = typer.Option(
     "auto",
     "--engine",
+    **choice(ENGINES),
     help="What runs the networks: auto (the engine measured fastest: PyTorch), torch, or openvino "
-    "(CPU only; pip install 'msnewlesion[openvino]').",
+    "(CPU only; needs the optional openvino extra of msnewlesion).",
 )
 PAPER_MODE = typer.Option(
     False,
@@ -62,19 +102,27 @@ PAPER_MODE = typer.Option(
     help="The published inference: 80³ windows at stride 20, plain "
     "mean, fp32, threshold 0.5, no size filter; follow-up map from a (fu, fu, 0) pass.",
 )
-THRESHOLD = typer.Option(None, "--threshold", help="Lesion probability threshold (default: the model's).")
+THRESHOLD = typer.Option(
+    None,
+    "--threshold",
+    parser=number_in(0.0, 1.0, low_open=True, high_open=True),
+    help="Lesion probability threshold, between 0 and 1 (default: the model's).",
+)
 MIN_LESION_VOLUME = typer.Option(
     3.0,
     "--min-lesion-volume",
     min=0.0,
     help="Drop lesions smaller than this many mm³ (MSSEG rule: floor(v / voxel volume) + 1 voxels); 0 keeps all.",
 )
-CONNECTIVITY = typer.Option(26, "--connectivity", help="Voxel connectivity of a lesion: 26 or 6.")
-DEVICE = typer.Option("auto", "--device", help=DEVICE_HELP)
+CONNECTIVITY = typer.Option(
+    "26", "--connectivity", **choice(CONNECTIVITIES), help="Voxel connectivity of a lesion: 26 or 6."
+)
+DEVICE = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, callback=device_value, help=DEVICE_HELP)
 SAVE_PROBABILITIES = typer.Option(False, "--save-probabilities", help="Also write the three probability maps.")
 MIN_BRIGHTENING = typer.Option(
     None,
     "--min-brightening",
+    parser=number_in(-math.inf, math.inf),
     help="Keep only new lesions whose mean follow-up intensity exceeds the baseline's there by this much (brain "
     "standard deviations); off by default (docs/predict.md).",
 )
@@ -82,6 +130,7 @@ MIN_BRIGHTENING = typer.Option(
 ENLARGING_RELATIVE = typer.Option(
     0.5,
     "--enlarging-relative",
+    parser=number_in(0.0, math.inf, low_open=True),
     help="A lesion present at both time points is enlarging when it grew by at least this fraction of its "
     "baseline volume (0.5: 50 %) and by --enlarging-min-mm3; shrinking by the same rule backwards.",
 )
@@ -90,23 +139,55 @@ ENLARGING_MIN_MM3 = typer.Option(
 )
 
 
-#: The parameters every command that runs predict shares (declared above, turned into PredictOptions below).
-PREDICT_PARAMETERS = (
-    "no_preprocess", "skull_strip", "skull_strip_mode", "brain_mask", "space", "transform", "no_bias_correction",
-    "overlap", "batch_size", "tta", "precision", "engine", "paper_mode", "threshold", "min_lesion_volume",
-    "connectivity", "device", "save_probabilities", "min_brightening", "enlarging_relative", "enlarging_min_mm3",
-)  # fmt: skip
-
-
-def build_options(values: Mapping[str, Any]):
-    """The core's PredictOptions from a command's parameter values (its ``locals()``)."""
+def predict_options(
+    *,
+    no_preprocess: bool,
+    skull_strip: str,
+    skull_strip_mode: str,
+    brain_mask: Path | None,
+    space: str,
+    transform: str | None,
+    no_bias_correction: bool,
+    overlap: float,
+    batch_size: int,
+    tta: bool,
+    precision: str,
+    engine: str,
+    paper_mode: bool,
+    threshold: float | None,
+    min_lesion_volume: float,
+    connectivity: str,
+    device: str,
+    save_probabilities: bool,
+    min_brightening: float | None,
+    enlarging_relative: float,
+    enlarging_min_mm3: float,
+) -> "PredictOptions":
+    """The core's PredictOptions from the predict options a command declares (the --no-x flags turned around)."""
     from msnewlesion.predict import PredictOptions
 
-    given = {name: values[name] for name in PREDICT_PARAMETERS}
     return PredictOptions(
-        preprocess=not given.pop("no_preprocess"),
-        bias_correction=not given.pop("no_bias_correction"),
-        **given,
+        preprocess=not no_preprocess,
+        skull_strip=skull_strip,
+        skull_strip_mode=skull_strip_mode,
+        brain_mask=brain_mask,
+        space=space,
+        transform=transform,
+        bias_correction=not no_bias_correction,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        precision=precision,
+        engine=engine,
+        paper_mode=paper_mode,
+        threshold=threshold,
+        min_lesion_volume=min_lesion_volume,
+        connectivity=int(connectivity),
+        device=device,
+        save_probabilities=save_probabilities,
+        min_brightening=min_brightening,
+        enlarging_relative=enlarging_relative,
+        enlarging_min_mm3=enlarging_min_mm3,
     )
 
 
@@ -131,7 +212,7 @@ def predict(
     paper_mode: bool = PAPER_MODE,
     threshold: Optional[float] = THRESHOLD,
     min_lesion_volume: float = MIN_LESION_VOLUME,
-    connectivity: int = CONNECTIVITY,
+    connectivity: str = CONNECTIVITY,
     device: str = DEVICE,
     save_probabilities: bool = SAVE_PROBABILITIES,
     min_brightening: Optional[float] = MIN_BRIGHTENING,
@@ -166,7 +247,29 @@ def predict(
     from msnewlesion.io import claim_output_folder
     from msnewlesion.predict import open_model, predict_pair, prediction_outputs, write_prediction
 
-    options = build_options(locals())
+    options = predict_options(
+        no_preprocess=no_preprocess,
+        skull_strip=skull_strip,
+        skull_strip_mode=skull_strip_mode,
+        brain_mask=brain_mask,
+        space=space,
+        transform=transform,
+        no_bias_correction=no_bias_correction,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        precision=precision,
+        engine=engine,
+        paper_mode=paper_mode,
+        threshold=threshold,
+        min_lesion_volume=min_lesion_volume,
+        connectivity=connectivity,
+        device=device,
+        save_probabilities=save_probabilities,
+        min_brightening=min_brightening,
+        enlarging_relative=enlarging_relative,
+        enlarging_min_mm3=enlarging_min_mm3,
+    )
     outputs = prediction_outputs(output, save_probabilities=save_probabilities)
     if outputs["summary"].exists() and not overwrite:
         if skip_existing:

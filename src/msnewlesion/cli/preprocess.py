@@ -1,24 +1,63 @@
 """``msnewlesion preprocess``: a raw pair of FLAIRs to a co-registered, skull-stripped, normalised pair."""
 
 import json
+import math
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from msnewlesion.cli.common import DEVICE_HELP, cli_errors, console, progress_bars
+from msnewlesion.cli.common import (
+    DEVICE_HELP,
+    DEVICE_METAVAR,
+    choice,
+    cli_errors,
+    console,
+    device_value,
+    model_value,
+    number_in,
+    progress_bars,
+)
 from msnewlesion.cli.predict import ENGINE, SKULL_STRIP, SKULL_STRIP_MODE
+from msnewlesion.settings import (
+    CONFIG_FILE,
+    DEFAULT_TRANSFORM,
+    IMAGE_INTERPOLATIONS,
+    INTENSITY_NORMALIZATIONS,
+    REGISTRATION_SPACES,
+    TRANSFORMS,
+    orientation_problem,
+)
 
-
-def _model_config(model: Path):  # -> ModelConfig (imported lazily: it brings torch)
-    from msnewlesion.errors import InputError
+if TYPE_CHECKING:
     from msnewlesion.model.config import ModelConfig
 
-    config_path = model / "config.json" if model.is_dir() else model
-    if not config_path.is_file():
-        raise InputError(f"--model {model}: no config.json there (give a model folder or its config.json)")
-    return ModelConfig.load(config_path)
+
+def _model_config(model: str) -> "ModelConfig":
+    """The config of a model named as predict names it (registry name, folder, Hub repository) or of a config.json."""
+    from msnewlesion.hub import find_model, resolve_model
+    from msnewlesion.model.config import ModelConfig
+
+    given = Path(model).expanduser()
+    if given.is_file() and given.name == CONFIG_FILE:
+        return ModelConfig.load(given)
+    if (given / CONFIG_FILE).is_file() and find_model(model) is None:  # a folder's config is enough, no weights
+        return ModelConfig.load(given / CONFIG_FILE)
+    return ModelConfig.load(resolve_model(model).path / CONFIG_FILE)
+
+
+def _spacing_value(value: Optional[tuple[float, float, float]]) -> Optional[tuple[float, float, float]]:
+    if value is not None and not all(math.isfinite(s) and s > 0 for s in value):
+        raise typer.BadParameter(f"{' '.join(f'{s:g}' for s in value)}: the voxel size must be three positive mm")
+    return value
+
+
+def _orientation_value(value: Optional[str]) -> Optional[str]:
+    problem = None if value is None else orientation_problem(value)
+    if problem is not None:
+        raise typer.BadParameter(problem)
+    return value
 
 
 def _summary(pair, output: Path, seconds: float) -> str:
@@ -64,17 +103,26 @@ def preprocess(
     baseline: Path = typer.Argument(..., help="Baseline FLAIR (.nii or .nii.gz), on any grid, in any orientation."),
     followup: Path = typer.Argument(..., help="Follow-up FLAIR of the same patient."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder for the outputs (created if needed)."),
-    model: Optional[Path] = typer.Option(
+    model: Optional[str] = typer.Option(
         None,
         "--model",
-        help="A model folder (or its config.json): take the spacing, orientation, intensity normalisation and "
-        "crop margin from it. Options given explicitly win.",
+        callback=model_value,
+        help="A model as predict takes it (registry name, Hub repo owner/name, folder) or its "
+        "config.json: take the spacing, orientation, intensity normalisation and crop margin from it. Options "
+        "given explicitly win.",
     ),
     spacing: Optional[tuple[float, float, float]] = typer.Option(
-        None, "--spacing", metavar="X Y Z", help="Voxel size of the common grid in mm (default 1 1 1, or the model's)."
+        None,
+        "--spacing",
+        metavar="X Y Z",
+        callback=_spacing_value,
+        help="Voxel size of the common grid in mm (default 1 1 1, or the model's).",
     ),
     orientation: Optional[str] = typer.Option(
-        None, "--orientation", help="Axis codes of the common grid, e.g. RAS or LPS (default RAS, or the model's)."
+        None,
+        "--orientation",
+        callback=_orientation_value,
+        help="Axis codes of the common grid, e.g. RAS or LPS (default RAS, or the model's).",
     ),
     skull_strip: str = SKULL_STRIP,
     skull_strip_mode: str = SKULL_STRIP_MODE,
@@ -84,30 +132,45 @@ def preprocess(
     space: str = typer.Option(
         "halfway",
         "--space",
+        **choice(REGISTRATION_SPACES),
         help="Common space: halfway (each scan moved half way, neither favoured), baseline, followup, or none "
         "(the scans already share one grid; no registration).",
     ),
     transform: Optional[str] = typer.Option(
-        None, "--transform", help="Rigid registration: Rigid (default) or QuickRigid (faster, coarser)."
+        None,
+        "--transform",
+        **choice(TRANSFORMS),
+        help=f"Rigid registration: {DEFAULT_TRANSFORM} (default) or QuickRigid (faster, coarser).",
     ),
     no_bias_correction: bool = typer.Option(False, "--no-bias-correction", help="Skip N4 bias-field correction."),
     interpolation: str = typer.Option(
-        "bspline", "--interpolation", help="For images: bspline or linear (masks: always nearest neighbour)."
+        "bspline",
+        "--interpolation",
+        **choice(IMAGE_INTERPOLATIONS),
+        help="For images: bspline or linear (masks: always nearest neighbour).",
     ),
     normalization: Optional[str] = typer.Option(
         None,
         "--normalization",
+        **choice(INTENSITY_NORMALIZATIONS),
         help="zscore-brain (default), zscore-brain-box (the published CoactSeg recipe) or none.",
     ),
     crop_margin: Optional[int] = typer.Option(
         None, "--crop-margin", min=0, help="Voxels kept around the brain box (default 15, or the model's)."
     ),
-    device: str = typer.Option("auto", "--device", help="Where the skull stripping runs. " + DEVICE_HELP),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        metavar=DEVICE_METAVAR,
+        callback=device_value,
+        help="Where the skull stripping runs. " + DEVICE_HELP,
+    ),
     engine: str = ENGINE,
     seed: int = typer.Option(1337, "--seed", help="Seed of the registration's random sampling."),
     min_registration_correlation: float = typer.Option(
         0.6,
         "--min-registration-correlation",
+        parser=number_in(-1.0, 1.0, high_open=True),
         help="Refuse a registration after which the two heads correlate less than this (it landed far off).",
     ),
     baseline_label: Optional[list[str]] = typer.Option(
@@ -115,14 +178,14 @@ def preprocess(
         "--baseline-label",
         metavar="[NAME=]MASK",
         help="A mask on the baseline's grid to carry into the common space (nearest neighbour), written as "
-        "NAME.nii.gz (default baseline_label.nii.gz): e.g. its all-lesion mask, for training. Repeatable.",
+        "NAME.nii.gz (default NAME: baseline_label): e.g. its all-lesion mask, for training. Repeatable.",
     ),
     followup_label: Optional[list[str]] = typer.Option(
         None,
         "--followup-label",
         metavar="[NAME=]MASK",
         help="A mask on the follow-up's grid to carry into the common space, written as NAME.nii.gz (default "
-        "followup_label.nii.gz): e.g. its new-lesion mask, for training. Repeatable.",
+        "NAME: followup_label): e.g. its new-lesion mask, for training. Repeatable.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -151,14 +214,16 @@ def preprocess(
     """
     import time
 
-    from msnewlesion.io import claim_output_folder, load_mask
+    from msnewlesion.io import claim_output_folder, load_mask, load_volume
     from msnewlesion.preprocess import (
+        NativeGrid,
         PreprocessOptions,
         preprocess_pair,
         preprocessed_outputs,
         save_preprocessed,
         to_common,
     )
+    from msnewlesion.preprocess.pair import check_on_native_grid
 
     started = time.perf_counter()
     explicit: dict[str, Any] = {
@@ -196,8 +261,18 @@ def preprocess(
         label_masks = {
             name: (which, load_mask(path, what=f"{which} label {name}")) for name, (which, path) in label_files.items()
         }
+        scans: dict[str, Any] = {"baseline": baseline, "followup": followup}
+        if label_masks:  # a label on the wrong grid fails now, not after the registration
+            scans = {
+                "baseline": load_volume(baseline, what="baseline FLAIR"),
+                "followup": load_volume(followup, what="follow-up FLAIR"),
+            }
+            for which, mask in label_masks.values():
+                check_on_native_grid(mask, NativeGrid.of(scans[which]), which)
         with progress_bars(not quiet) as progress:
-            pair = preprocess_pair(baseline, followup, options, progress=progress, scratch_dir=claim.scratch)
+            pair = preprocess_pair(
+                scans["baseline"], scans["followup"], options, progress=progress, scratch_dir=claim.scratch
+            )
             labels = {name: to_common(mask, pair, which, kind="mask") for name, (which, mask) in label_masks.items()}
             written = save_preprocessed(pair, output, overwrite=overwrite, labels=labels)
     if json_output:

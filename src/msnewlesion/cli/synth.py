@@ -1,25 +1,13 @@
 """``msnewlesion synth``: synthetic longitudinal training pairs with known new lesions."""
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from msnewlesion.cli.common import cli_errors, console, info, progress_bars, warn
-
-
-class Mode(str, Enum):
-    remove = "remove"
-    add = "add"
-    both = "both"
-    none = "none"
-
-
-class Split(str, Enum):
-    train = "train"
-    val = "val"
+from msnewlesion.cli.common import choice, cli_errors, console, info, progress_bars, warn
+from msnewlesion.settings import SPLITS, SYNTH_MODES
 
 
 @cli_errors
@@ -36,9 +24,10 @@ def synth(
     pairs: int = typer.Option(1, "--pairs", min=1, help="How many pairs to make."),
     start: int = typer.Option(0, "--start", min=0, help="Index of the first pair (to extend a series)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of pair 0; pair i uses seed + i."),
-    mode: Mode = typer.Option(
-        Mode.both,
+    mode: str = typer.Option(
+        "both",
         "--mode",
+        **choice(SYNTH_MODES),
         help="New lesions by removing lesions from the baseline, adding to the follow-up, or both; none makes null "
         "pairs (one brain, no new lesion: with --acquisition, two acquisitions of an unchanged brain).",
     ),
@@ -119,7 +108,9 @@ def synth(
     subject: Optional[str] = typer.Option(
         None, "--subject", help="Name prefix of the pairs (default: from the FLAIR's file or folder name)."
     ),
-    split: Split = typer.Option(Split.train, "--split", help="The manifest's split column for these pairs."),
+    split: str = typer.Option(
+        "train", "--split", **choice(SPLITS), help="The manifest's split column for these pairs."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing pair folders and their manifest rows."),
     as_json: bool = typer.Option(False, "--json", help="Print the pairs made as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -158,11 +149,11 @@ def synth(
     )
     options = SynthOptions(
         seed=seed,
-        removed_lesions=removed if mode in (Mode.remove, Mode.both) else 0,
-        added_lesions=added if mode in (Mode.add, Mode.both) else 0,
-        enlarged_lesions=enlarged if mode != Mode.none else 0,
-        shrinking_lesions=shrinking if mode != Mode.none else 0,
-        resolved_lesions=resolved if mode != Mode.none else 0,
+        removed_lesions=removed if mode in ("remove", "both") else 0,
+        added_lesions=added if mode in ("add", "both") else 0,
+        enlarged_lesions=enlarged if mode != "none" else 0,
+        shrinking_lesions=shrinking if mode != "none" else 0,
+        resolved_lesions=resolved if mode != "none" else 0,
         enlargement_mm=enlargement,
         min_lesion_volume_mm3=min_volume,
         max_lesion_volume_mm3=max_volume,
@@ -192,7 +183,7 @@ def synth(
             pairs=pairs,
             start=start,
             subject=subject,
-            split=split.value,
+            split=split,
             brain_mask_path=brain_mask,
             overwrite=overwrite,
             progress=bars,

@@ -1,6 +1,7 @@
 """``msnewlesion train``: CoactSeg training on a manifest of heterogeneous samples."""
 
 import contextlib
+import math
 import os
 import time
 from pathlib import Path
@@ -18,7 +19,25 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from msnewlesion.cli.common import DEVICE_HELP, cli_errors, err_console, info, progress_bars
+from msnewlesion.cli.common import (
+    DEVICE_HELP,
+    DEVICE_METAVAR,
+    choice,
+    cli_errors,
+    device_value,
+    err_console,
+    info,
+    model_value,
+    number_in,
+    progress_bars,
+)
+from msnewlesion.settings import PRECISIONS
+
+
+def _patch_size_value(value: Optional[int]) -> Optional[int]:
+    if value is not None and value % 16:
+        raise typer.BadParameter(f"{value} is not a multiple of 16 (the network pools four times)")
+    return value
 
 
 @cli_errors
@@ -30,17 +49,29 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML training config (defaults: the paper's)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="Optimiser steps in all."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Patches per step."),
-    patch_size: Optional[int] = typer.Option(None, "--patch-size", min=16, help="Patch edge (multiple of 16)."),
+    patch_size: Optional[int] = typer.Option(
+        None, "--patch-size", min=16, callback=_patch_size_value, help="Patch edge (multiple of 16)."
+    ),
     width: Optional[int] = typer.Option(None, "--width", min=1, help="Network width (16 is the published one)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
+    lr: Optional[float] = typer.Option(
+        None, "--lr", parser=number_in(0.0, math.inf, low_open=True), help="Learning rate (positive)."
+    ),
     val_every: Optional[int] = typer.Option(None, "--val-every", min=1, help="Validate every N iterations."),
     save_every: Optional[int] = typer.Option(None, "--save-every", min=1, help="Checkpoint every N iterations."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16."),
-    init_from: Optional[str] = typer.Option(
-        None, "--init-from", help="Start from this model's weights (a folder, registry name or Hub repo): fine-tuning."
+    precision: Optional[str] = typer.Option(
+        None,
+        "--precision",
+        **choice(PRECISIONS),
+        help="Autocast (default: the config's, auto: bf16 on CUDA GPUs, fp32 on CPUs).",
     ),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    init_from: Optional[str] = typer.Option(
+        None,
+        "--init-from",
+        callback=model_value,
+        help="Start from this model's weights (a folder, registry name or Hub repo): fine-tuning.",
+    ),
+    device: str = typer.Option("auto", "--device", metavar=DEVICE_METAVAR, callback=device_value, help=DEVICE_HELP),
     time_limit: Optional[float] = typer.Option(
         None,
         "--time-limit",

@@ -16,12 +16,12 @@ from msnewlesion.hub.download import (
     parse_hub_spec,
 )
 from msnewlesion.hub.registry import (
-    DEFAULT_MODEL,
     ModelEntry,
     add_model,
     config_home,
     find_model,
     list_models,
+    local_model_problem,
     registry_path,
     remove_model,
     resolve_model,
@@ -29,7 +29,6 @@ from msnewlesion.hub.registry import (
 from msnewlesion.hub.upload import PreparedPush, PushResult, prepare_push, push_model
 
 __all__ = [
-    "DEFAULT_MODEL",
     "HubSpec",
     "ModelEntry",
     "PreparedPush",
@@ -45,6 +44,7 @@ __all__ = [
     "hub_endpoint",
     "is_offline",
     "list_models",
+    "local_model_problem",
     "parse_hub_spec",
     "prepare_push",
     "push_model",

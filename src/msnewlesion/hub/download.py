@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from msnewlesion import __version__
-from msnewlesion.errors import ModelError
+from msnewlesion.errors import ModelError, parameter
 from msnewlesion.progress import ProgressCallback
+from msnewlesion.settings import CONFIG_FILE, WEIGHTS_FILE
 
 __all__ = [
-    "CONFIG_FILE",
-    "WEIGHTS_FILE",
     "HubSpec",
     "ResolvedModel",
     "cached_model_folder",
@@ -36,9 +35,6 @@ __all__ = [
     "parse_hub_spec",
     "sha256_of_file",
 ]
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 HUB_PREFIX = "hf://"
 _COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
@@ -222,7 +218,7 @@ def _offline_instructions(spec: HubSpec, reason: str) -> str:
         f"On a machine with internet, run `HF_HUB_CACHE=/tmp/msnewlesion-models msnewlesion models download {spec}`, "
         f"then copy the folder /tmp/msnewlesion-models/{folder} to {cache / folder} on this machine "
         "(or point HF_HUB_CACHE at the folder that holds the copy); "
-        "or give `model` a local model folder (config.json + model.safetensors)"
+        f"or give {parameter('model')} a local model folder (config.json + model.safetensors)"
     )
 
 
@@ -263,7 +259,7 @@ def _fetch(
         )
     except LocalEntryNotFoundError as error:
         if offline or is_offline():
-            reason = "offline mode is on (HF_HUB_OFFLINE or `offline=True`)"
+            reason = f"offline mode is on (HF_HUB_OFFLINE or {parameter('offline', True)})"
         else:
             cause = error.__cause__ or error
             reason = f"the Hub at {hub_endpoint()} could not be reached ({type(cause).__name__}: {cause})".replace(

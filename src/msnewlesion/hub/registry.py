@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from msnewlesion.errors import ModelError
+from msnewlesion.errors import ModelError, parameter
 from msnewlesion.hub.download import (
-    CONFIG_FILE,
     HUB_PREFIX,
-    WEIGHTS_FILE,
     ResolvedModel,
     cached_model_folder,
     download_model,
@@ -33,22 +31,22 @@ from msnewlesion.hub.download import (
     sha256_of_file,
 )
 from msnewlesion.progress import ProgressCallback
+from msnewlesion.settings import CONFIG_FILE, WEIGHTS_FILE
 
 __all__ = [
     "BUILTIN_MODELS_DIR",
-    "DEFAULT_MODEL",
     "SOURCES",
     "ModelEntry",
     "add_model",
     "config_home",
     "find_model",
     "list_models",
+    "local_model_problem",
     "registry_path",
     "remove_model",
     "resolve_model",
 ]
 
-DEFAULT_MODEL = "demo"
 SOURCES = ("builtin", "hub", "local")
 #: Where built-in models live inside the installed package.
 BUILTIN_MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
@@ -297,6 +295,41 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "~", os.sep)) or (os.altsep is not None and spec.startswith(os.altsep))
 
 
+def local_model_problem(spec: str) -> str | None:
+    """Why ``spec`` cannot name a model: a local-looking path that does not exist; None when it may be one.
+
+    A path looks local when it starts with ``.``, ``~`` or ``/``, ends with ``config.json``, has more
+    parts than ``owner/name``, or starts with a folder that exists here (``models/typo`` beside a
+    ``models/`` folder). Such a spec fails at once instead of being tried on the Hub, which takes a
+    while to answer that the repository does not exist; ``hf://owner/name`` still forces the Hub.
+
+    Examples
+    --------
+    >>> local_model_problem("./no-such-model")
+    'model folder ./no-such-model does not exist'
+    >>> local_model_problem("someone/ms-model@v1") is None
+    True
+    """
+    spec = str(spec).strip()
+    if not spec or spec.startswith(HUB_PREFIX):
+        return None
+    folder = Path(spec).expanduser()
+    if folder.exists():
+        return None
+    if _looks_like_path(spec) or folder.name == CONFIG_FILE:
+        return f"model folder {spec} does not exist"
+    if len(folder.parts) < 2:
+        return None  # a registry name, or nothing this check can tell
+    if parse_hub_spec(spec) is None:
+        return f"model folder {spec} does not exist (and it is not a Hub repository owner/name[@revision])"
+    if folder.parent.is_dir():
+        return (
+            f"model folder {spec} does not exist ({folder.parent} is a folder here); for a Hub repository of that "
+            f"name write {HUB_PREFIX}{spec}"
+        )
+    return None
+
+
 def _unknown_model_message(spec: str) -> str:
     names = [entry.name for entry in list_models()]
     known = f"registry names: {', '.join(names)}" if names else "the registry is empty"
@@ -368,6 +401,9 @@ def resolve_model(
         return _resolve_folder(folder.resolve(), name=None, source="local", expected_sha256=None)
     if folder.exists():
         raise ModelError(f"{folder} is a file: pass the model folder holding {CONFIG_FILE} and {WEIGHTS_FILE}")
+    problem = local_model_problem(spec)
+    if problem is not None:
+        raise ModelError(problem)
     hub = parse_hub_spec(spec)
     if hub is not None and not _looks_like_path(spec):
         return download_model(hub.repo_id, hub.revision, offline=offline, force=force, progress=progress)
@@ -429,7 +465,8 @@ def add_model(
     records = _read_user_records()
     if name in records and not replace:
         raise ModelError(
-            f"model {name!r} is already in the registry ({registry_path()}); pass `replace=True` to change it"
+            f"model {name!r} is already in the registry ({registry_path()}); pass {parameter('replace', True)} "
+            "to change it"
         )
     expected = normalize_sha256(sha256) if sha256 else None
 
@@ -437,14 +474,16 @@ def add_model(
     hub = None if folder.is_dir() else parse_hub_spec(target)
     if folder.is_dir() and not target.startswith(HUB_PREFIX):
         if revision is not None:
-            raise ModelError("`revision` applies to Hub repositories, not to a local folder")
+            raise ModelError(f"{parameter('revision')} applies to Hub repositories, not to a local folder")
         folder = folder.resolve()
         resolved = _resolve_folder(folder, name=name, source="local", expected_sha256=expected)
         load_model(folder)
         record: dict[str, Any] = {"source": "local", "path": str(folder)}
     elif hub is not None:
         if revision is not None and hub.revision is not None and revision != hub.revision:
-            raise ModelError(f"two revisions given: {hub.revision!r} in {target!r} and `revision` {revision!r}")
+            raise ModelError(
+                f"two revisions given: {hub.revision!r} in {target!r} and {parameter('revision')} {revision!r}"
+            )
         resolved = download_model(
             hub.repo_id, revision or hub.revision, sha256=expected, name=name, offline=offline, progress=progress
         )

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from msnewlesion import __version__
-from msnewlesion.errors import ModelError
+from msnewlesion.errors import ModelError, parameter
 from msnewlesion.hub.card import build_model_card
-from msnewlesion.hub.download import CONFIG_FILE, WEIGHTS_FILE, hub_endpoint, is_offline, parse_hub_spec
+from msnewlesion.hub.download import hub_endpoint, is_offline, parse_hub_spec
+from msnewlesion.settings import CONFIG_FILE, WEIGHTS_FILE
 
 __all__ = ["CARD_FILE", "PreparedPush", "PushResult", "prepare_push", "push_model"]
 
@@ -53,7 +54,8 @@ def _check_repo_id(repo_id: str) -> str:
     spec = parse_hub_spec(repo_id)
     if spec is None or spec.revision is not None:
         raise ModelError(
-            f"not a Hub repository name: {repo_id!r} (use owner/name; choose the branch with `branch`, not @)"
+            f"not a Hub repository name: {repo_id!r} (use owner/name; choose the branch with "
+            f"{parameter('branch')}, not @)"
         )
     return spec.repo_id
 
@@ -133,7 +135,8 @@ def push_model(
     token = token or get_token()
     if not token:
         raise ModelError(
-            "no Hugging Face token: pass `token`, set HF_TOKEN, or run hf auth login (the token needs write access)"
+            f"no Hugging Face token: pass {parameter('token')}, set HF_TOKEN, or run hf auth login (the token "
+            "needs write access)"
         )
     branch = branch or "main"
     api = HfApi(endpoint=hub_endpoint(), token=token, library_name="msnewlesion", library_version=__version__)

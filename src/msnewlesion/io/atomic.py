@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from msnewlesion.errors import OutputExistsError
+from msnewlesion.errors import OutputExistsError, parameter
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -72,7 +72,7 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
     """
     target = Path(path)
     if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target} already exists; pass `overwrite=True` to replace it")
+        raise OutputExistsError(f"{target} already exists; pass {parameter('overwrite', True)} to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:

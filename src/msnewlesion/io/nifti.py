@@ -20,7 +20,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from msnewlesion.errors import GeometryError, InputError
+from msnewlesion.errors import GeometryError, InputError, parameter
 from msnewlesion.io.atomic import NIFTI_SUFFIXES, atomic_path
 
 __all__ = [
@@ -304,7 +304,7 @@ def load_mask(
             low, high = float(raw[raw > 0].min()), float(raw.max())
             raise InputError(
                 f"{what} {path} is not a mask of 0 and whole-number labels: it holds values from {low:.3g} to "
-                f"{high:.3g} (a probability map?); pass `threshold` (for example 0.5) to binarise it"
+                f"{high:.3g} (a probability map?); pass {parameter('threshold')} (for example 0.5) to binarise it"
             )
     return Volume(data=raw > 0, affine=image.affine, header=image.header.copy(), path=path)
 

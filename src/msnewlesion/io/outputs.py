@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from msnewlesion.errors import InputError, OutputExistsError, OutputInUseError
+from msnewlesion.errors import InputError, OutputExistsError, OutputInUseError, parameter
 
 __all__ = [
     "LOCK_NAME",
@@ -96,7 +96,7 @@ def check_outputs_free(
             existing.append(output)
     if existing and not overwrite:
         names = ", ".join(str(p) for p in existing[:3]) + (" …" if len(existing) > 3 else "")
-        raise OutputExistsError(f"outputs already exist ({names}); pass `overwrite=True` to replace them")
+        raise OutputExistsError(f"outputs already exist ({names}); pass {parameter('overwrite', True)} to replace them")
 
 
 # ---------------------------------------------------------------------------------------------

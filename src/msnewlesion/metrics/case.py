@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from msnewlesion.errors import InputError
+from msnewlesion.errors import InputError, OptionError, parameter
 from msnewlesion.lesions import (
     DEFAULT_ALPHA,
     DEFAULT_BETA,
@@ -38,11 +38,11 @@ from msnewlesion.lesions import (
     detections_table,
     min_lesion_voxels,
 )
+from msnewlesion.settings import DISTANCE_UNITS, check_choice
 
 __all__ = [
     "JSON_KEYS",
     "METRICS",
-    "UNITS",
     "CaseResult",
     "EvaluationOptions",
     "evaluate_case",
@@ -65,7 +65,6 @@ METRICS = (
     "fp_volume_mm3",
 )
 JSON_KEYS = ("case", *METRICS, "units")
-UNITS = ("mm", "voxel")
 
 # medpy takes the border as the mask minus its erosion by the 6-neighbourhood, whatever the lesion connectivity.
 _BORDER_STRUCTURE = ndimage.generate_binary_structure(3, 1)
@@ -111,18 +110,17 @@ class EvaluationOptions:
 
     def __post_init__(self) -> None:
         connectivity_structure(self.connectivity)  # raises on anything but 26 or 6
-        if self.units not in UNITS:
-            raise InputError(f"units must be 'mm' or 'voxel', got {self.units!r}")
+        check_choice("units", self.units, DISTANCE_UNITS)
         if not (math.isfinite(self.min_lesion_volume_mm3) and self.min_lesion_volume_mm3 >= 0):
-            raise InputError(f"the minimum lesion volume must be 0 or more mm³, got {self.min_lesion_volume_mm3}")
+            raise OptionError(f"the minimum lesion volume must be 0 or more mm³, got {self.min_lesion_volume_mm3}")
         if self.min_lesion_voxels is not None and self.min_lesion_voxels < 0:
-            raise InputError(f"the minimum lesion size must be 0 or more voxels, got {self.min_lesion_voxels}")
+            raise OptionError(f"the minimum lesion size must be 0 or more voxels, got {self.min_lesion_voxels}")
         for name in ("alpha", "beta", "gamma"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise InputError(f"{name} must lie between 0 and 1, got {value}")
+                raise OptionError(f"{name} must lie between 0 and 1, got {value}")
         if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold >= 0):
-            raise InputError(f"`threshold` must be a number ≥ 0, got {self.threshold}")
+            raise OptionError(f"{parameter('threshold')} must be a number ≥ 0, got {self.threshold}")
 
     def min_voxels(self, voxel_volume_mm3: float) -> int:
         """The smallest lesion kept, in voxels, for voxels of this volume."""

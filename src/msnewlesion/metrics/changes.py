@@ -32,6 +32,7 @@ from msnewlesion.lesions import CHANGE_CLASSES, CHANGE_CODES, CHANGE_GROUPS
 from msnewlesion.metrics.case import CaseResult, EvaluationOptions, evaluate_case
 from msnewlesion.metrics.cohort import CaseFailure, CasePair, case_name
 from msnewlesion.progress import ProgressCallback, report
+from msnewlesion.settings import CHANGE_REFERENCE_KINDS
 
 __all__ = [
     "REFERENCE_KINDS",
@@ -42,7 +43,7 @@ __all__ = [
     "score_of",
 ]
 
-REFERENCE_KINDS = ("classes", "change")
+REFERENCE_KINDS = CHANGE_REFERENCE_KINDS
 _VALID_CODES = (0, *CHANGE_CODES.values())
 
 

@@ -18,10 +18,9 @@ from msnewlesion.errors import ModelError
 from msnewlesion.io import atomic_directory
 from msnewlesion.model.config import ModelConfig
 from msnewlesion.model.network import CoactSeg
+from msnewlesion.settings import CONFIG_FILE, WEIGHTS_FILE
 
 __all__ = [
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
     "LoadedModel",
     "check_state_dict",
     "file_sha256",
@@ -29,10 +28,6 @@ __all__ = [
     "save_model",
     "write_model_files",
 ]
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -121,8 +116,8 @@ def write_model_files(network: CoactSeg, directory: str | Path, *, config: Model
         raise ModelError("the config to save does not describe this network's architecture")
     tensors = {name: value.detach().to("cpu").contiguous().clone() for name, value in network.state_dict().items()}
     directory = Path(directory)
-    config.save(directory / CONFIG_NAME)
-    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "model": config.name})
+    config.save(directory / CONFIG_FILE)
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "model": config.name})
 
 
 def load_model(directory: str | Path, *, device: torch.device | str = "cpu") -> LoadedModel:
@@ -142,10 +137,10 @@ def load_model(directory: str | Path, *, device: torch.device | str = "cpu") -> 
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelError(f"model folder not found: {directory}")
-    config = ModelConfig.load(directory / CONFIG_NAME)
-    weights = directory / WEIGHTS_NAME
+    config = ModelConfig.load(directory / CONFIG_FILE)
+    weights = directory / WEIGHTS_FILE
     if not weights.is_file():
-        raise ModelError(f"model weights not found: {weights} (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+        raise ModelError(f"model weights not found: {weights} (a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
         tensors = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
@@ -153,7 +148,7 @@ def load_model(directory: str | Path, *, device: torch.device | str = "cpu") -> 
     first_conv = tensors.get("encoder.levels.0.units.0.conv.weight")
     if first_conv is not None and first_conv.shape[0] != config.width:
         raise ModelError(
-            f"{directory / CONFIG_NAME} says width={config.width} but {weights.name} holds a network of "
+            f"{directory / CONFIG_FILE} says width={config.width} but {weights.name} holds a network of "
             f"width {first_conv.shape[0]}: the config and the weights do not belong together"
         )
     network = CoactSeg(config)

@@ -9,18 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from msnewlesion.errors import ModelError
+from msnewlesion.settings import INTENSITY_NORMALIZATIONS, NORM_LAYERS, choice_problem
 
-__all__ = ["CONFIG_FORMAT_VERSION", "INTENSITY_NORMALIZATIONS", "NORM_LAYERS", "ModelConfig"]
+__all__ = ["CONFIG_FORMAT_VERSION", "ModelConfig"]
 
 #: Version of the config.json layout written by this package; loading refuses newer ones.
 CONFIG_FORMAT_VERSION = 1
 
-NORM_LAYERS = ("batch", "instance")
 AXIS_ORDERS = ("xyz", "zyx")
-#: ``zscore-brain``: mean and standard deviation of the voxels inside the brain mask, background 0.
-#: ``zscore-brain-box``: the published CoactSeg recipe: image × brain mask, cropped to the mask's
-#: bounding box plus a margin, z-scored with the statistics of the whole box (background included).
-INTENSITY_NORMALIZATIONS = ("zscore-brain", "zscore-brain-box", "none")
 
 
 @dataclass(frozen=True)
@@ -47,7 +43,10 @@ class ModelConfig:
     patch_size : tuple of 3 ints
         Sliding-window and training patch size, along x, y, z.
     intensity_normalization : str
-        One of :data:`INTENSITY_NORMALIZATIONS`.
+        One of :data:`msnewlesion.settings.INTENSITY_NORMALIZATIONS`. ``zscore-brain``: mean and standard
+        deviation of the voxels inside the brain mask, background 0. ``zscore-brain-box``: the published
+        CoactSeg recipe: image × brain mask, cropped to the mask's bounding box plus a margin, z-scored with
+        the statistics of the whole box (background included).
     box_margin : int
         Voxels added around the brain box by ``zscore-brain-box``.
     threshold : float
@@ -97,8 +96,8 @@ class ModelConfig:
             )
         if not isinstance(self.width, int) or self.width < 1:
             problems.append(f"width must be a positive integer, got {self.width!r}")
-        if self.norm not in NORM_LAYERS:
-            problems.append(f"norm {self.norm!r} is not one of {', '.join(NORM_LAYERS)}")
+        if (problem := choice_problem("norm", self.norm, NORM_LAYERS)) is not None:
+            problems.append(problem)
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
@@ -109,11 +108,11 @@ class ModelConfig:
             problems.append(f"axis_order {self.axis_order!r} is not one of {', '.join(AXIS_ORDERS)}")
         if len(self.orientation) != 3 or set(self.orientation) - set("RLAPSI"):
             problems.append(f"orientation must be three axis codes like 'RAS', got {self.orientation!r}")
-        if self.intensity_normalization not in INTENSITY_NORMALIZATIONS:
-            problems.append(
-                f"intensity_normalization {self.intensity_normalization!r} is not one of "
-                f"{', '.join(INTENSITY_NORMALIZATIONS)}"
-            )
+        normalization = choice_problem(
+            "intensity_normalization", self.intensity_normalization, INTENSITY_NORMALIZATIONS
+        )
+        if normalization is not None:
+            problems.append(normalization)
         if not 0.0 < self.threshold < 1.0:
             problems.append(f"threshold must be between 0 and 1, got {self.threshold}")
         if problems:

@@ -6,7 +6,7 @@ does it, and :mod:`~msnewlesion.preprocess.pair` holds the result, maps results 
 grid and writes it. antspyx, HD-BET and torch are imported only by the steps that need them.
 """
 
-from msnewlesion.preprocess.options import DEFAULT_TRANSFORM, REGISTRATION_SPACES, PreprocessOptions
+from msnewlesion.preprocess.options import PreprocessOptions
 from msnewlesion.preprocess.pair import (
     OUTPUT_NAMES,
     NativeGrid,
@@ -17,13 +17,9 @@ from msnewlesion.preprocess.pair import (
     to_native,
 )
 from msnewlesion.preprocess.pipeline import preprocess_pair
-from msnewlesion.preprocess.skullstrip import SKULL_STRIP_METHODS
 
 __all__ = [
-    "DEFAULT_TRANSFORM",
     "OUTPUT_NAMES",
-    "REGISTRATION_SPACES",
-    "SKULL_STRIP_METHODS",
     "NativeGrid",
     "PreprocessOptions",
     "PreprocessedPair",

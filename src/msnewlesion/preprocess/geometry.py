@@ -16,6 +16,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from msnewlesion.errors import GeometryError, InputError
+from msnewlesion.settings import orientation_problem
 
 __all__ = [
     "INTERPOLATION_ORDERS",
@@ -46,7 +47,6 @@ _AXIS_UNIT = {
     "S": (0.0, 0.0, 1.0),
     "I": (0.0, 0.0, -1.0),
 }
-_OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
 
 # A grid larger than this (about 1 GB per float32 image) is a mistake in the spacing, not a brain.
 _MAX_VOXELS = 256 * 1024 * 1024
@@ -65,13 +65,10 @@ def check_orientation(codes: str) -> str:
     >>> check_orientation("ras")
     'RAS'
     """
-    upper = str(codes).upper()
-    axes = {c if c in "RAS" else _OPPOSITE.get(c, "?") for c in upper}
-    if len(upper) != 3 or set(upper) - set(_AXIS_UNIT) or axes != {"R", "A", "S"}:
-        raise InputError(
-            f"orientation {codes!r} is not three axis codes with one of R/L, A/P and S/I (for example RAS or LPS)"
-        )
-    return upper
+    problem = orientation_problem(codes)
+    if problem is not None:
+        raise InputError(problem)
+    return str(codes).upper()
 
 
 def axis_directions(codes: str) -> np.ndarray:
@@ -118,9 +115,6 @@ class Grid:
         shift[:3, 3] = start
         shape = (int(stop[0] - start[0]), int(stop[1] - start[1]), int(stop[2] - start[2]))
         return Grid(shape, self.affine @ shift)
-
-    def same_as(self, other: Grid, *, atol: float = 1e-4) -> bool:
-        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol, rtol=0))
 
     def to_dict(self) -> dict:
         return {"shape": list(self.shape), "affine": self.affine.round(6).tolist(), "spacing_mm": list(self.spacing)}

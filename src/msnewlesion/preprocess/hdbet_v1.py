@@ -371,8 +371,8 @@ def hdbet_v1_brain_probability(
     >>> hdbet_v1_brain_probability([(head - head.mean()) / head.std()]).shape  # doctest: +SKIP
     (60, 64, 64)
     """
+    from msnewlesion.device import resolve_precision
     from msnewlesion.engines import openvino_runner, torch_runner
-    from msnewlesion.inference import resolve_precision
 
     settings = settings or HdBetV1Settings()
     device = torch.device(device)

@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from msnewlesion.errors import InputError
+from msnewlesion.settings import INTENSITY_NORMALIZATIONS, check_choice
 
-__all__ = ["INTENSITY_NORMALIZATIONS", "check_image_content", "normalize_intensity"]
-
-#: Same names as :data:`msnewlesion.model.config.INTENSITY_NORMALIZATIONS` (kept here so that
-#: preprocessing does not import torch through the model package).
-INTENSITY_NORMALIZATIONS = ("zscore-brain", "zscore-brain-box", "none")
+__all__ = ["check_image_content", "normalize_intensity"]
 
 
 def check_image_content(data: np.ndarray, what: str) -> None:
@@ -81,8 +78,7 @@ def normalize_intensity(
     >>> normalize_intensity(image, brain, "zscore-brain")[0].tolist()
     [[[0.0, -1.0], [1.0, 0.0]]]
     """
-    if method not in INTENSITY_NORMALIZATIONS:
-        raise InputError(f"intensity normalisation {method!r} is not one of {', '.join(INTENSITY_NORMALIZATIONS)}")
+    check_choice("intensity_normalization", method, INTENSITY_NORMALIZATIONS)
     brain = brain.astype(bool)
     masked = np.where(brain, image, 0).astype(np.float64)
     if method == "none":

@@ -9,26 +9,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from msnewlesion.errors import InputError
+from msnewlesion.errors import InputError, OptionError
 from msnewlesion.preprocess.geometry import (
     check_orientation,
 )
-from msnewlesion.preprocess.intensity import INTENSITY_NORMALIZATIONS
-from msnewlesion.preprocess.registration import TRANSFORM_TYPES
-from msnewlesion.preprocess.skullstrip import SKULL_STRIP_METHODS, SKULL_STRIP_MODES
+from msnewlesion.settings import (
+    DEFAULT_TRANSFORM,
+    ENGINES,
+    IMAGE_INTERPOLATIONS,
+    INTENSITY_NORMALIZATIONS,
+    REGISTRATION_SPACES,
+    SKULL_STRIP_METHODS,
+    SKULL_STRIP_MODES,
+    TRANSFORMS,
+    choice_problem,
+    device_problem,
+)
 
 if TYPE_CHECKING:
     from msnewlesion.model.config import ModelConfig
 
-__all__ = ["DEFAULT_TRANSFORM", "IMAGE_INTERPOLATIONS", "REGISTRATION_SPACES", "PreprocessOptions"]
-
-REGISTRATION_SPACES = ("halfway", "baseline", "followup", "none")
-IMAGE_INTERPOLATIONS = ("bspline", "linear")
-#: Rigid, not QuickRigid: on the real LIT pair both land within 1 mm and 1° of the data set's own
-#: co-registration, but only Rigid matches its within-brain correlation (docs/preprocessing.md).
-DEFAULT_TRANSFORM = "Rigid"
-
-#: Files written by :func:`save_preprocessed`.
+__all__ = ["PreprocessOptions"]
 
 
 @dataclass(frozen=True)
@@ -118,15 +119,14 @@ class PreprocessOptions:
         choices = {
             "skull_strip": SKULL_STRIP_METHODS,
             "skull_strip_mode": SKULL_STRIP_MODES,
-            "engine": ("auto", "torch", "openvino"),
+            "engine": ENGINES,
             "registration": REGISTRATION_SPACES,
-            "transform": TRANSFORM_TYPES,
+            "transform": TRANSFORMS,
             "interpolation": IMAGE_INTERPOLATIONS,
             "intensity_normalization": INTENSITY_NORMALIZATIONS,
         }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                problems.append(f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        found = [choice_problem(name, getattr(self, name), allowed) for name, allowed in choices.items()]
+        problems += [problem for problem in [*found, device_problem(self.device)] if problem is not None]
         if not isinstance(self.crop_margin, int) or self.crop_margin < 0:
             problems.append(f"crop_margin must be a whole number of voxels ≥ 0, got {self.crop_margin!r}")
         if not 0 < self.max_rotation_degrees <= 180:
@@ -134,7 +134,7 @@ class PreprocessOptions:
         if not -1 <= self.min_registration_correlation < 1:
             problems.append(f"min_registration_correlation must be in [-1, 1), got {self.min_registration_correlation}")
         if problems:
-            raise InputError("invalid preprocessing options: " + "; ".join(problems))
+            raise OptionError("invalid preprocessing options: " + "; ".join(problems))
 
     @classmethod
     def for_model(cls, config: ModelConfig, **overrides: Any) -> PreprocessOptions:

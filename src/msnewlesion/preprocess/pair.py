@@ -30,6 +30,7 @@ __all__ = [
     "OUTPUT_NAMES",
     "NativeGrid",
     "PreprocessedPair",
+    "check_on_native_grid",
     "preprocessed_outputs",
     "save_preprocessed",
     "to_common",
@@ -150,6 +151,23 @@ def to_native(data: np.ndarray, pair: PreprocessedPair, which: str, *, kind: str
     return Volume(mapped, native.affine, native.header)
 
 
+def check_on_native_grid(volume: Volume, native: NativeGrid, which: str) -> None:
+    """Refuse a label that is not on the native grid of the scan ``which`` (same shape, affine within 1e-3).
+
+    :func:`to_common` needs it; callers check it before the preprocessing, so that a wrong label fails at once.
+
+    Raises
+    ------
+    GeometryError
+        Another shape or affine.
+    """
+    if volume.shape != native.shape or not np.allclose(volume.affine, native.affine, atol=1e-3):
+        raise GeometryError(
+            f"{volume.name} is not on the {which} scan's grid ({describe_grid(volume)} vs "
+            f"{'×'.join(map(str, native.shape))} voxels); a label must share the grid of the scan it was drawn on"
+        )
+
+
 def to_common(volume: Volume, pair: PreprocessedPair, which: str, *, kind: str) -> Volume:
     """Map an image or mask on one input's native grid onto the pair's common grid.
 
@@ -174,11 +192,7 @@ def to_common(volume: Volume, pair: PreprocessedPair, which: str, *, kind: str) 
     if kind not in ("mask", "probability"):
         raise InputError(f"kind must be 'mask' or 'probability', got {kind!r}")
     native, common_to_native = pair.native(which)
-    if volume.shape != native.shape or not np.allclose(volume.affine, native.affine, atol=1e-3):
-        raise GeometryError(
-            f"{volume.name} is not on the {which} scan's grid ({describe_grid(volume)} vs "
-            f"{'×'.join(map(str, native.shape))} voxels); a label must share the grid of the scan it was drawn on"
-        )
+    check_on_native_grid(volume, native, which)
     data = volume.data if kind == "mask" else volume.data.astype(np.float32)
     mapped = resample(data, native.affine, pair.grid, common_to_native, order=0 if kind == "mask" else 1)
     return Volume(mapped, pair.grid.affine, pair.baseline.header)

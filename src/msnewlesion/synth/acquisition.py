@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from msnewlesion.errors import InputError
+from msnewlesion.errors import InputError, OptionError
 from msnewlesion.lesions import bounding_box
 from msnewlesion.preprocess.geometry import Grid, resample
 from msnewlesion.synth.nuisance import drift_log_field, rotation_matrix
@@ -118,7 +118,7 @@ class AcquisitionOptions:
         if not 0.0 <= self.max_bias < 1.0:
             problems.append(f"max_bias must be within [0, 1), got {self.max_bias}")
         if problems:
-            raise InputError("invalid acquisition options: " + "; ".join(problems))
+            raise OptionError("invalid acquisition options: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from msnewlesion.errors import InputError, OutputExistsError
+from msnewlesion.errors import InputError, OutputExistsError, parameter
 from msnewlesion.io import check_same_grid, load_mask, load_volume, write_text
 from msnewlesion.progress import ProgressCallback, report
+from msnewlesion.settings import SPLITS
 from msnewlesion.synth.library import LesionLibrary, load_lesion_library
 from msnewlesion.synth.pair import PAIR_FILES, SynthOptions, save_synthetic_pair, synthesize_pair
 from msnewlesion.synth.tissue import fit_tissue_model
-from msnewlesion.training.manifest import COLUMNS, LESION_COLUMNS, SPLITS, read_manifest_table
+from msnewlesion.training.manifest import COLUMNS, LESION_COLUMNS, read_manifest_table
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -197,8 +198,8 @@ def write_synthetic_pairs(
         raise InputError(f"the subject name {subject!r} must be non-empty, without spaces, commas or slashes")
     if (options.added_lesions > 0 or options.enlarged_lesions > 0 or options.shrinking_lesions > 0) and library is None:
         raise InputError(
-            "lesions are to be added but no lesion library was given: pass `library` with a folder of lesion masks, "
-            "or add none (`added_lesions=0`)"
+            f"lesions are to be added but no lesion library was given: pass {parameter('library')} with a folder "
+            f"of lesion masks, or add none ({parameter('added_lesions', 0)})"
         )
 
     output_dir = Path(output_dir)
@@ -207,8 +208,8 @@ def write_synthetic_pairs(
     if existing and not overwrite:
         listed = ", ".join(existing[:3]) + (" …" if len(existing) > 3 else "")
         raise OutputExistsError(
-            f"pair folders already exist in {output_dir} ({listed}); pass `overwrite=True` to replace them, or `start` "
-            "to continue the series after them"
+            f"pair folders already exist in {output_dir} ({listed}); pass {parameter('overwrite', True)} to replace "
+            f"them, or {parameter('start')} to continue the series after them"
         )
     manifest_path = output_dir / MANIFEST_NAME
     if manifest_path.exists():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msnewlesion.errors import InputError
+from msnewlesion.errors import InputError, parameter
 from msnewlesion.io import NIFTI_SUFFIXES, Volume, check_same_grid, describe_grid, load_mask
 from msnewlesion.lesions import components
 from msnewlesion.progress import ProgressCallback, report
@@ -87,7 +87,7 @@ class LesionLibrary:
         [27, 8]
         """
         if not volumes:
-            raise InputError("the lesion library is empty: give at least one lesion mask (`library`)")
+            raise InputError(f"the lesion library is empty: give at least one lesion mask ({parameter('library')})")
         reference = volumes[0]
         lesions: list[LibraryLesion] = []
         sources = []
@@ -155,7 +155,9 @@ def find_library_files(entries: str | os.PathLike[str] | Sequence[str | os.PathL
         else:
             raise InputError(f"lesion library entry not found: {path}")
     if not files:
-        raise InputError("the lesion library is empty: give a folder of lesion masks or mask files (`library`)")
+        raise InputError(
+            f"the lesion library is empty: give a folder of lesion masks or mask files ({parameter('library')})"
+        )
     return files
 
 

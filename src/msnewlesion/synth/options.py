@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from msnewlesion.errors import InputError
+from msnewlesion.errors import OptionError
 from msnewlesion.synth.acquisition import AcquisitionOptions
 
 __all__ = ["SynthOptions"]
@@ -149,7 +149,7 @@ class SynthOptions:
         check(self.noise_std >= 0, f"noise_std must be ≥ 0, got {self.noise_std}")
         check(self.interpolation_order in (1, 3), f"interpolation_order must be 1 or 3, got {self.interpolation_order}")
         if problems:
-            raise InputError("invalid synthesis options: " + "; ".join(problems))
+            raise OptionError("invalid synthesis options: " + "; ".join(problems))
 
     def replace(self, **changes: Any) -> SynthOptions:
         """A copy with some fields changed (and checked)."""

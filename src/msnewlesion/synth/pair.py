@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from msnewlesion import __version__
-from msnewlesion.errors import InputError
+from msnewlesion.errors import InputError, parameter
 from msnewlesion.io import Volume, atomic_directory, check_same_grid, save_volume, write_json
 from msnewlesion.lesions import CHANGE_CODES, bounding_box, components
 from msnewlesion.synth.acquisition import simulate_acquisition
@@ -302,7 +302,9 @@ def _library_candidates(
     if not isinstance(library, LesionLibrary):
         library = LesionLibrary.from_volumes(library) if len(library) else library
     if not isinstance(library, LesionLibrary) or not library.lesions:
-        raise InputError("the lesion library is empty: lesions to add need a library of lesion masks (`library`)")
+        raise InputError(
+            f"the lesion library is empty: lesions to add need a library of lesion masks ({parameter('library')})"
+        )
     candidates = library.between(min_voxels, max_voxels)
     if not candidates:
         raise InputError(

@@ -12,11 +12,16 @@ from typing import Any
 import yaml
 
 from msnewlesion.errors import InputError
-from msnewlesion.model.config import INTENSITY_NORMALIZATIONS, NORM_LAYERS
+from msnewlesion.settings import (
+    BEST_METRICS,
+    INTENSITY_NORMALIZATIONS,
+    LR_SCHEDULES,
+    NORM_LAYERS,
+    PRECISIONS,
+    choice_problem,
+)
 
-__all__ = ["BEST_METRICS", "TrainConfig"]
-
-BEST_METRICS = ("new_lesion_dice", "new_lesion_f1", "new_lesion_pooled_f1", "all_lesion_dice", "mean_dice")
+__all__ = ["TrainConfig"]
 
 _KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -120,7 +125,7 @@ class TrainConfig:
     val_every, save_every : int
         Validate and checkpoint every so many iterations (and always at the end).
     best_metric : str
-        Validation metric that picks ``best/``: one of :data:`BEST_METRICS`.
+        Validation metric that picks ``best/``: one of :data:`msnewlesion.settings.BEST_METRICS`.
     val_overlap : float
         Sliding-window overlap during validation.
     seed : int
@@ -190,20 +195,19 @@ class TrainConfig:
             problems.append(f"patch_size must be a multiple of 16 (four poolings), got {self.patch_size}")
         if not 0.0 <= self.longitudinal_fraction <= 1.0:
             problems.append(f"longitudinal_fraction must be in [0, 1], got {self.longitudinal_fraction}")
-        if self.norm not in NORM_LAYERS:
-            problems.append(f"norm must be one of {', '.join(NORM_LAYERS)}, got {self.norm!r}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0:
             problems.append(f"lr must be positive, got {self.lr}")
-        if self.lr_schedule not in ("constant", "poly"):
-            problems.append(f"lr_schedule must be constant or poly, got {self.lr_schedule!r}")
-        if self.best_metric not in BEST_METRICS:
-            problems.append(f"best_metric must be one of {', '.join(BEST_METRICS)}, got {self.best_metric!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            problems.append(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        if self.intensity_normalization not in INTENSITY_NORMALIZATIONS:
-            problems.append(f"intensity_normalization must be one of {', '.join(INTENSITY_NORMALIZATIONS)}")
+        choices = {
+            "norm": NORM_LAYERS,
+            "lr_schedule": LR_SCHEDULES,
+            "best_metric": BEST_METRICS,
+            "precision": PRECISIONS,
+            "intensity_normalization": INTENSITY_NORMALIZATIONS,
+        }
+        found = [choice_problem(name, getattr(self, name), allowed) for name, allowed in choices.items()]
+        problems += [problem for problem in found if problem is not None]
         if self.cross_entropy_weight < 0:
             problems.append(f"cross_entropy_weight must not be negative, got {self.cross_entropy_weight}")
         if min(self.crop_shift, self.rotation_degrees, self.intensity_jitter, self.time_point_jitter) < 0:

@@ -53,7 +53,6 @@ class TrainingSample:
     brain: np.ndarray
     foreground: np.ndarray  # flat indices of label voxels
     spacing: tuple[float, float, float]
-    original_shape: tuple[int, int, int]
     lesions: tuple[np.ndarray, np.ndarray] | None = None
 
     @functools.cached_property
@@ -103,7 +102,6 @@ def load_sample(row: ManifestRow, patch_size: int) -> TrainingSample:
         brain=brain,
         foreground=np.flatnonzero(label),
         spacing=baseline_volume.spacing,
-        original_shape=baseline_volume.shape,
         lesions=lesions,
     )
 
@@ -238,7 +236,6 @@ class Batch:
     inputs: torch.Tensor  # (N, 3, P, P, P)
     target: torch.Tensor  # (N, P, P, P) float
     longitudinal: torch.Tensor  # (N,) bool
-    subjects: list[str]
     lesions: torch.Tensor | None = None  # (2, N, P, P, P) float
     lesions_known: torch.Tensor | None = None  # (N,) bool
 
@@ -287,7 +284,6 @@ def draw_batch(
         inputs=make_input(baseline, followup),
         target=torch.from_numpy(np.stack(labels).astype(np.float32)),
         longitudinal=torch.tensor([s.longitudinal for s in chosen], dtype=torch.bool),
-        subjects=[s.subject for s in chosen],
         lesions=torch.from_numpy(np.stack(lesions, axis=1).astype(np.float32)),
         lesions_known=torch.tensor(known, dtype=torch.bool),
     )

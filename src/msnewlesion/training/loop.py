@@ -30,14 +30,15 @@ import torch.distributed as dist
 from torch import nn
 
 from msnewlesion import __version__
-from msnewlesion.device import resolve_device
-from msnewlesion.errors import InputError
+from msnewlesion.device import resolve_device, resolve_precision
+from msnewlesion.errors import InputError, parameter
 from msnewlesion.io import write_json, write_text
-from msnewlesion.model.checkpoint import WEIGHTS_NAME, load_model
+from msnewlesion.model.checkpoint import load_model
 from msnewlesion.model.config import ModelConfig
 from msnewlesion.model.losses import LossWeights, coactseg_loss
 from msnewlesion.model.network import CoactSeg
 from msnewlesion.progress import ProgressCallback
+from msnewlesion.settings import WEIGHTS_FILE
 from msnewlesion.training.config import TrainConfig
 from msnewlesion.training.data import TrainingSample, batches, load_samples
 from msnewlesion.training.manifest import Manifest, read_manifest, validate_manifest
@@ -118,20 +119,6 @@ def _setup_distributed(device_name: str) -> tuple[_Distributed, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return _Distributed(rank=rank, world_size=world_size, local_rank=local_rank), device
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
-            return torch.float16
-        return torch.bfloat16
-    if device.type == "cpu":
-        if precision == "fp16":
-            raise InputError('fp16 training is not supported on the CPU: use `precision="bf16"` or fp32')
-        return torch.bfloat16 if precision == "bf16" else None
-    return None
 
 
 def _iteration_seed(seed: int, iteration: int, rank: int) -> int:
@@ -365,7 +352,8 @@ class _Optimisation:
         self.best_iteration = state.get("best_iteration")
         if self.start >= iterations:
             raise InputError(
-                f"the run in {run_dir} already reached iteration {self.start}; raise `iterations` to train further"
+                f"the run in {run_dir} already reached iteration {self.start}; raise {parameter('iterations')} "
+                "to train further"
             )
 
 
@@ -381,7 +369,7 @@ def _optimisation(config: TrainConfig, model_config: ModelConfig, session: _Sess
         network = network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # torch's stubs omit Module.to(memory_format=)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
-    autocast_dtype = _autocast_dtype(config.precision, device)
+    autocast_dtype = resolve_precision(config.precision, device, training=True)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype is torch.float16)
     optimisation = _Optimisation(network, optimizer, scheduler, scaler, autocast_dtype, channels_last)
     if session.resume:
@@ -480,8 +468,8 @@ def _train(session: _Session, manifest_path: str | Path, config: TrainConfig | N
         loss = float(terms.total.detach())
         if not math.isfinite(loss):
             raise InputError(
-                f"the loss became {loss} at iteration {iteration}: lower the learning rate (`lr`) or check "
-                "the inputs' normalisation"
+                f"the loss became {loss} at iteration {iteration}: lower the learning rate ({parameter('lr')}) or "
+                "check the inputs' normalisation"
             )
 
         out_of_time = _out_of_time(training_started, session.time_limit, dist_info)
@@ -539,7 +527,7 @@ def _finish(
         iterations=config.iterations,
         iterations_done=last_iteration,
         last=run_dir / "last",
-        best=run_dir / "best" if (run_dir / "best" / WEIGHTS_NAME).exists() else None,
+        best=run_dir / "best" if (run_dir / "best" / WEIGHTS_FILE).exists() else None,
         best_metric=config.best_metric,
         best_value=optimisation.best_value,
         best_iteration=optimisation.best_iteration,

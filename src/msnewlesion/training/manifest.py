@@ -27,12 +27,12 @@ import numpy as np
 from msnewlesion.errors import InputError
 from msnewlesion.io import quiet_nibabel, read_error_reason, read_voxels
 from msnewlesion.progress import ProgressCallback, report
+from msnewlesion.settings import SPLITS
 
 __all__ = [
     "COLUMNS",
     "KINDS",
     "LESION_COLUMNS",
-    "SPLITS",
     "Manifest",
     "ManifestRow",
     "check_manifest",
@@ -46,7 +46,6 @@ COLUMNS = ("subject", "kind", "baseline", "followup", "label", "brain_mask", "sp
 LESION_COLUMNS = ("baseline_lesions", "followup_lesions")
 REQUIRED_COLUMNS = ("subject", "kind", "baseline", "label")
 KINDS = ("longitudinal", "single")
-SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from msnewlesion.errors import InputError, OutputExistsError
+from msnewlesion.errors import InputError, OutputExistsError, parameter
 from msnewlesion.io import atomic_directory, write_json, write_text
 from msnewlesion.model.checkpoint import write_model_files
 from msnewlesion.model.config import ModelConfig
@@ -59,8 +59,8 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
     if existing and not overwrite:
         raise OutputExistsError(
-            f"{run_dir} already holds a training run ({', '.join(existing)}); pass `resume=True` to continue it "
-            "or `overwrite=True` to start again"
+            f"{run_dir} already holds a training run ({', '.join(existing)}); pass {parameter('resume', True)} to "
+            f"continue it or {parameter('overwrite', True)} to start again"
         )
     for name in existing:
         path = run_dir / name
