@@ -162,7 +162,8 @@ def test_a_null_pair_has_no_new_lesion_but_two_different_acquisitions(scan) -> N
 
 
 def test_enlarging_lesions_grow_around_a_core_present_at_both_time_points(scan) -> None:  # noqa: F811
-    options = SynthOptions(seed=3, removed_lesions=1, added_lesions=1, enlarged_lesions=2, **QUIET)
+    # seed 4: two enlarging lesions that at least double find room in this small crop
+    options = SynthOptions(seed=4, removed_lesions=1, added_lesions=1, enlarged_lesions=2, **QUIET)
     pair = synthesize_pair(scan.flair, scan.lesions, scan.library, options, tissue=scan.tissue)
     plain = synthesize_pair(scan.flair, scan.lesions, scan.library, options.replace(enlarged_lesions=0),
                             tissue=scan.tissue)  # fmt: skip
@@ -177,6 +178,8 @@ def test_enlarging_lesions_grow_around_a_core_present_at_both_time_points(scan) 
         # its core is a lesion at the baseline already, and the new part surrounds it at the follow-up
         region = tuple(slice(max(o - 1, 0), o + 40) for o in origin)
         assert before[region].sum() >= lesion["core_voxels"] > 0.3 * lesion["voxels"] - 1
+        # and it at least doubles, so that the enlarging rule (50 %) calls it enlarging with margin
+        assert lesion["core_voxels"] <= 0.5 * lesion["voxels"]
     grown = pair.record["new_lesions"]["voxels"] - plain.record["new_lesions"]["voxels"]
     assert grown == sum(lesion["voxels"] - lesion["core_voxels"] for lesion in record["lesions"])
     # the new part is brighter at the follow-up than at the baseline

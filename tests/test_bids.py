@@ -231,6 +231,10 @@ def test_outputs_are_where_the_docs_say(first_run) -> None:
         "sub-01/ses-02/anat/sub-01_ses-02_space-orig_label-newlesion_desc-since01_mask.json",
         "sub-01/ses-02/anat/sub-01_ses-02_space-orig_label-lesion_desc-since01_mask.nii.gz",
         "sub-01/ses-02/anat/sub-01_ses-02_desc-since01_newlesions.tsv",
+        "sub-01/ses-02/anat/sub-01_ses-02_space-orig_label-lesionchange_desc-since01_dseg.nii.gz",
+        "sub-01/ses-02/anat/sub-01_ses-02_space-orig_label-lesionchange_desc-since01_dseg_itksnap.txt",
+        "sub-01/ses-02/anat/sub-01_ses-02_space-orig_label-lesionchange_desc-since01_dseg.lut",
+        "sub-01/ses-02/anat/sub-01_ses-02_desc-since01_lesionchanges.tsv",
         "sub-01/ses-02/anat/sub-01_ses-02_desc-since01_summary.json",
         "sub-01/ses-02/anat/sub-01_ses-02_space-orig_label-lesion_desc-before03_mask.nii.gz",
         "sub-01/ses-03/anat/sub-01_ses-03_space-orig_label-newlesion_desc-since02_mask.nii.gz",
@@ -415,6 +419,26 @@ def test_group_outputs_list_every_pair(first_run, tree: BidsTree) -> None:
     for key in DONE:
         assert f'href="{rows[key].qc}"' in page
     assert "could not read the voxels" in page
+
+    # change classes per pair, and a timeline for sub-01, the one participant with three sessions
+    for key in DONE:
+        counts = json.loads((output / rows[key].summary).read_text())["lesion_changes"]["counts"]
+        assert int(rows[key].new_or_enlarging_count) == counts["new_or_enlarging"]
+        assert int(rows[key].change_resolved_count) == counts["resolved"]
+        assert (output / rows[key].lesion_changes).is_file()
+    timeline = pd.read_csv(output / "sub-01" / "sub-01_timeline.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert timeline["session_id"].tolist() == ["ses-01", "ses-02", "ses-03"]
+    assert timeline["since_session_id"].tolist() == ["n/a", "ses-01", "ses-02"]
+    assert timeline["lesion_volume_mm3"].tolist() == [
+        rows[("01", "01", "02")].baseline_lesion_volume_mm3,
+        rows[("01", "01", "02")].followup_lesion_volume_mm3,
+        rows[("01", "02", "03")].followup_lesion_volume_mm3,
+    ]
+    assert timeline["new_or_enlarging_count"].tolist()[1:] == [
+        rows[("01", "01", "02")].new_or_enlarging_count, rows[("01", "02", "03")].new_or_enlarging_count
+    ]  # fmt: skip
+    assert not (output / "sub-02" / "sub-02_timeline.tsv").exists()  # two sessions: no timeline
+    assert 'href="sub-01/sub-01_timeline.tsv"' in page and (output / "group_timelines.png").is_file()
 
 
 @pytest.mark.slow

@@ -295,3 +295,36 @@ def test_predict_accepts_a_volume_in_python(raw_pair, model: Path) -> None:
     result = predict_pair(load_volume(baseline), load_volume(followup), load_model(model), options)
     assert isinstance(result.new_lesions, Volume)
     assert result.summary["new_lesions"]["count"] == 1
+
+
+def test_lesion_changes_lie_on_the_followup_grid_with_their_colour_tables(predicted: Path, raw_pair) -> None:
+    _, followup, centre = raw_pair
+    image, reference = nib.load(str(predicted / "lesion_changes.nii.gz")), nib.load(str(followup))
+    assert image.shape == reference.shape and np.array_equal(image.affine, reference.affine)
+    assert image.get_data_dtype() == np.uint8
+    assert image.header.get_intent()[0] == "label"  # viewers show it as labels, not intensities
+    codes = np.asarray(image.dataobj)
+    summary = json.loads((predicted / "summary.json").read_text())
+    changes = summary["lesion_changes"]
+    # The phantom has bright voxels at the baseline where the lesion appears: by the matching rule the lesion
+    # is their growth (enlarging); either way it is one "new or enlarging" lesion.
+    assert changes["counts"]["new"] + changes["counts"]["enlarging"] == changes["counts"]["new_or_enlarging"] == 1
+    assert changes["codes"] == {"new": 1, "enlarging": 2, "stable": 3, "shrinking": 4, "resolved": 5}
+    assert changes["rule"] == {"relative": 0.5, "absolute_mm3": 10.0}
+    new_mask = np.asarray(nib.load(str(predicted / "new_lesions.nii.gz")).dataobj) > 0
+    assert np.mean(np.isin(codes[new_mask], (1, 2))) > 0.9
+    table = pd.read_csv(predicted / "lesion_changes.tsv", sep="\t")
+    classes = ("new", "enlarging", "stable", "shrinking", "resolved")
+    expected = {k: v for k, v in changes["counts"].items() if v and k in classes}
+    assert table["change"].value_counts().to_dict() == expected
+    new_row = table[table["change"].isin(("new", "enlarging"))].iloc[0]
+    assert new_row["volume_change_mm3"] > 0.5 * summary["new_lesions"]["volume_mm3"]
+    found = new_row[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy(dtype=float)
+    assert np.linalg.norm(found - centre) < 2.5  # mm, in the follow-up's scanner coordinates
+    # the colour tables name every code the map can hold, for ITK-SNAP and FSLeyes
+    itksnap = (predicted / "lesion_changes_itksnap.txt").read_text()
+    lut = (predicted / "lesion_changes.lut").read_text()
+    for code, name in enumerate(("new", "enlarging", "stable", "shrinking", "resolved"), start=1):
+        assert f'"{name}"' in itksnap and f"{code} " in itksnap
+        assert any(line.split()[0] == str(code) and line.split()[-1] == name for line in lut.splitlines())
+    assert summary["outputs"]["lesion_changes"] == "lesion_changes.nii.gz"

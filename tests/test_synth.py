@@ -452,7 +452,7 @@ def test_saving_refuses_existing_folders_and_input_folders(scan: SimpleNamespace
     save_synthetic_pair(pair, tmp_path / "pair", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "pair").iterdir()) == sorted(
         ["baseline.nii.gz", "followup.nii.gz", "new_lesions.nii.gz", "lesions_baseline.nii.gz",
-         "lesions_followup.nii.gz", "synth.json"]
+         "lesions_followup.nii.gz", "lesion_changes.nii.gz", "synth.json"]
     )  # fmt: skip
     pair.record["inputs"]["flair"] = str(tmp_path / "pair" / "flair.nii.gz")
     with pytest.raises(InputError, match="holds the input"):
@@ -502,7 +502,7 @@ def test_cli_writes_pairs_and_a_training_manifest(files: SimpleNamespace, tmp_pa
     for name in ("patient07-synth000", "patient07-synth001"):
         assert sorted(p.name for p in (output / name).iterdir()) == sorted(
             ["baseline.nii.gz", "followup.nii.gz", "new_lesions.nii.gz", "lesions_baseline.nii.gz",
-             "lesions_followup.nii.gz", "synth.json"]
+             "lesions_followup.nii.gz", "lesion_changes.nii.gz", "synth.json"]
         )  # fmt: skip
     manifest = output / "manifest.csv"
     with open(manifest, newline="") as handle:
@@ -610,3 +610,62 @@ def test_cli_json_summary_and_help(files: SimpleNamespace, tmp_path: Path, runne
     help_text = runner.invoke(app, ["synth", "--help"]).output
     assert "Example" in help_text and "--library" in help_text
     assert "synth" in runner.invoke(app, ["--help"]).output
+
+
+# ---------------------------------------------------------------------------------------------------------
+# every change class, with exact truth
+
+
+def test_every_change_class_is_made_with_an_exact_change_map(scan: SimpleNamespace) -> None:
+    from msnewlesion.lesions import CHANGE_CODES, classify_changes
+
+    options = {"removed_lesions": 1, "added_lesions": 1, "enlarged_lesions": 1, "shrinking_lesions": 1}
+    pair = make(scan, seed=4, resolved_lesions=1, **options, **QUIET)
+    plain = make(scan, seed=4, **options | {"shrinking_lesions": 0}, **QUIET)
+    record = pair.record
+    for kind in ("removed", "added", "enlarged", "shrinking", "resolved"):
+        assert record[kind]["made"] == 1, kind
+    # shrinking and resolved lesions are drawn last: the other changes are those of a pair without them
+    assert record["added"]["lesions"] == plain.record["added"]["lesions"]
+    assert record["removed"]["lesions"] == plain.record["removed"]["lesions"]
+    assert np.array_equal(pair.new_lesions.data, plain.new_lesions.data)  # shrinking and resolved add nothing new
+
+    codes = pair.lesion_changes.data
+    before, after, new = pair.lesions_baseline.data, pair.lesions_followup.data, pair.new_lesions.data
+    assert record["lesion_changes"] == {"new": 2, "enlarging": 1, "stable": record["lesion_changes"]["stable"],
+                                        "shrinking": 1, "resolved": 1}  # fmt: skip
+    resolved = codes == CHANGE_CODES["resolved"]
+    assert before[resolved].all() and not after[resolved].any()
+    label = record["resolved"]["lesions"][0]["label"]
+    assert np.array_equal(resolved, scan.tissue.lesion_labels == label)
+    shrinking = codes == CHANGE_CODES["shrinking"]
+    assert np.array_equal(shrinking, before & shrinking) and 0 < (after & shrinking).sum() <= 0.5 * shrinking.sum()
+    assert not (new & shrinking).any()
+    enlarging = codes == CHANGE_CODES["enlarging"]
+    assert after[enlarging].all() and 0 < (before & enlarging).sum() <= 0.5 * enlarging.sum()
+    assert np.array_equal(codes > 0, before | after)  # every lesion of either time point has its class
+
+    # the classification of predict, run on the exact masks, gives back the exact change map
+    changes = classify_changes(before, after, new, voxel_volume_mm3=scan.flair.voxel_volume)
+    assert np.array_equal(changes.codes, codes)
+    # and so does the classification from the change masks (what appeared, what went) with the all-lesion masks
+    faded = before & ~after
+    changes = classify_changes(before, after, new, faded=faded, voxel_volume_mm3=scan.flair.voxel_volume)
+    assert np.array_equal(changes.codes, codes)
+
+
+def test_the_change_map_moves_with_the_followup(scan: SimpleNamespace, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from msnewlesion.synth import save_synthetic_pair
+
+    pair = make(scan, seed=8, resolved_lesions=1, shrinking_lesions=1, max_drift=0.0, noise_std=0.0)
+    assert pair.record["motion"]["applied"]
+    codes = pair.lesion_changes.data
+    # on the follow-up: its lesions (all but the resolved ones) are coded where the follow-up's mask has them
+    present = np.isin(codes, [1, 2, 3])
+    assert np.array_equal(present & pair.lesions_followup.data, present)
+    paths = save_synthetic_pair(pair, tmp_path / "pair")
+    image = nib.load(str(paths["lesion_changes"]))
+    assert image.header.get_intent()[0] == "label" and image.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(image.dataobj), codes)

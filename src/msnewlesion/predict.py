@@ -30,10 +30,22 @@ from msnewlesion.domain import (
     registration_warnings,
 )
 from msnewlesion.engines import resolve_engine
-from msnewlesion.errors import OptionError, parameter
+from msnewlesion.errors import InputError, OptionError, parameter
 from msnewlesion.inference import HeadProbabilities, SlidingWindowOptions, sliding_window_predict
 from msnewlesion.io import Volume, check_outputs_free, load_volume, save_volume, staged_outputs, write_json, write_text
-from msnewlesion.lesions import Components, components, lesion_table, min_lesion_voxels, remove_small_lesions
+from msnewlesion.lesions import (
+    CHANGE_CODES,
+    ChangeRule,
+    Components,
+    LesionChanges,
+    classify_changes,
+    components,
+    fsleyes_lookup_table,
+    itksnap_label_descriptions,
+    lesion_table,
+    min_lesion_voxels,
+    remove_small_lesions,
+)
 from msnewlesion.model.checkpoint import LoadedModel
 from msnewlesion.model.config import ModelConfig
 from msnewlesion.prediction_summary import LesionSummary, ModelProvenance, PredictionSummary, summary_record
@@ -86,6 +98,10 @@ OUTPUT_NAMES = {
     "table": "new_lesions.tsv",
     "qc": "qc.png",
     "summary": "summary.json",
+    "lesion_changes": "lesion_changes.nii.gz",
+    "lesion_changes_table": "lesion_changes.tsv",
+    "lesion_changes_itksnap": "lesion_changes_itksnap.txt",
+    "lesion_changes_lut": "lesion_changes.lut",
 }
 #: Written only when one scan does not show all of the other's brain (see msnewlesion.preprocess.coverage).
 NOT_ASSESSED_NAMES = {
@@ -146,6 +162,10 @@ class PredictOptions:
         voxels by at least this much (in the normalised images' units: brain standard deviations); the
         probabilities of the others are set to 0. None: no such rule (the default; see docs/predict.md for
         what it was measured to do).
+    enlarging_relative, enlarging_min_mm3 : float
+        A lesion present at both time points is enlarging when it grew by at least this fraction of its
+        baseline volume and by at least this many mm³ (shrinking: the same rule backwards); see
+        :mod:`msnewlesion.lesions.changes`.
     """
 
     preprocess: bool = True
@@ -167,6 +187,8 @@ class PredictOptions:
     device: str = "auto"
     save_probabilities: bool = False
     min_brightening: float | None = None
+    enlarging_relative: float = 0.5
+    enlarging_min_mm3: float = 10.0
 
     def __post_init__(self) -> None:
         choices: dict[str, Sequence[object]] = {
@@ -192,6 +214,14 @@ class PredictOptions:
             raise OptionError(f"{parameter('min_lesion_volume')} must be ≥ 0 mm³, got {self.min_lesion_volume}")
         if self.min_brightening is not None and not np.isfinite(self.min_brightening):
             raise OptionError(f"{parameter('min_brightening')} must be a finite number, got {self.min_brightening}")
+        try:
+            self.change_rule()  # a bad enlarging rule is refused before any work
+        except InputError as error:
+            raise OptionError(str(error)) from None
+
+    def change_rule(self) -> ChangeRule:
+        """When a lesion is enlarging or shrinking (see :class:`~msnewlesion.lesions.ChangeRule`)."""
+        return ChangeRule(relative=self.enlarging_relative, absolute_mm3=self.enlarging_min_mm3)
 
     def preprocess_options(self, config: ModelConfig) -> PreprocessOptions:
         overrides: dict[str, Any] = {"device": self.device, "engine": self.engine}
@@ -249,6 +279,9 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)
     lesions_common: tuple[np.ndarray, np.ndarray] | None = None  # baseline's and follow-up's, for the QC picture
     coverage: Coverage | None = None
+    lesion_changes: Volume | None = None  # class codes on the follow-up's grid
+    changes_table: pd.DataFrame | None = None  # one row per lesion over time
+    changes_common: np.ndarray | None = None  # class codes on the common grid, for the QC picture
 
 
 def _to_layout(values: Sequence[Any], config: ModelConfig) -> tuple:
@@ -484,6 +517,11 @@ def predict_pair(
     )
     summary["coverage"] = coverage.record()
     new_common, lesions_baseline_common, lesions_followup_common = mapped.common
+    clock = time.perf_counter()
+    changes = _classify_changes(model, pair, options, device, threshold, min_volume, new_common, progress)
+    changes_native, changes_table = _changes_on_followup(changes, pair)
+    summary["lesion_changes"] = _changes_record(changes)
+    summary["timings_s"]["lesion_changes"] = round(time.perf_counter() - clock, 3)
     return Prediction(
         new_lesions=mapped.masks["new_lesions"],
         lesions_baseline=mapped.masks["lesions_baseline"],
@@ -497,7 +535,111 @@ def predict_pair(
         warnings=warnings,
         lesions_common=(lesions_baseline_common, lesions_followup_common),
         coverage=coverage,
+        lesion_changes=changes_native,
+        changes_table=changes_table,
+        changes_common=changes.codes,
     )
+
+
+def _classify_changes(
+    model: LoadedModel,
+    pair: PreprocessedPair,
+    options: PredictOptions,
+    device: torch.device,
+    threshold: float,
+    min_volume: float,
+    new_common: np.ndarray,
+    progress: ProgressCallback | None,
+) -> LesionChanges:
+    """Every lesion's change class, from three more passes of the network on the common grid.
+
+    What went is the new-lesion head on the pair played backwards (follow-up first): a lesion that
+    resolved, or the rim a shrinking lesion lost, appears there as a new lesion does forwards. Where the
+    lesions are at each time point comes from a pass on that time point alone, fed as a single scan is in
+    training: measured on synthetic pairs, the all-lesion heads of the ``demo`` model mark 46 % of the brain
+    on a pair (its follow-up head never learnt pairs) and only clean lesions on a single scan
+    (docs/predict.md, "Lesion changes").
+    """
+    config = model.config
+    brain = _array_to_layout(pair.brain_mask.data.astype(bool), config)
+    window_options = options.window_options(config)
+    baseline = _array_to_layout(pair.baseline.data, config)
+    followup = _array_to_layout(pair.followup.data, config)
+
+    def run(first: np.ndarray, second: np.ndarray | None, stage: str) -> HeadProbabilities:
+        maps = sliding_window_predict(
+            model.network,
+            first,
+            second,
+            options=window_options,
+            brain_mask=brain,
+            device=device,
+            progress=progress,
+            stage=stage,
+        )
+        return HeadProbabilities(
+            *(_array_from_layout(np.where(brain, m, 0.0).astype(np.float32), config) for m in maps)
+        )
+
+    backwards = run(followup, baseline, "lesion changes (the pair backwards)")
+    alone = [
+        run(image, None, f"lesion changes ({name} alone)")
+        for image, name in ((baseline, "baseline"), (followup, "follow-up"))
+    ]
+    min_voxels = min_lesion_voxels(pair.baseline.voxel_volume, min_volume) if min_volume > 0 else 1
+
+    def mask(probability: np.ndarray) -> np.ndarray:
+        return remove_small_lesions(probability > threshold, min_voxels, options.connectivity)
+
+    return classify_changes(
+        mask(alone[0].baseline),
+        mask(alone[1].baseline),
+        new_common,
+        faded=mask(backwards.new),
+        voxel_volume_mm3=pair.baseline.voxel_volume,
+        rule=options.change_rule(),
+        connectivity=options.connectivity,
+    )
+
+
+def _changes_on_followup(changes: LesionChanges, pair: PreprocessedPair) -> tuple[Volume, pd.DataFrame]:
+    """The change classes on the follow-up's grid, and the lesion table with centroids in its scanner mm."""
+    ids = to_native(changes.labels, pair, "followup", kind="mask")
+    codes = ids.with_data(changes.code_of_id[ids.data])
+    header = codes.header.copy() if codes.header is not None else None
+    if header is not None:
+        header.set_intent("label")
+        codes = Volume(codes.data, codes.affine, header)
+    table = changes.table()
+    count = len(changes.lesions)
+    # Centroids where the lesion lies on the follow-up's grid (NaN for a lesion too small to keep a voxel there).
+    flat = ids.data.ravel()
+    foreground = np.flatnonzero(flat)
+    labels = flat[foreground]
+    voxels = np.bincount(labels, minlength=count + 1)[1:].astype(np.float64)
+    index = np.unravel_index(foreground, ids.data.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroid_index = (
+            np.stack([np.bincount(labels, weights=axis, minlength=count + 1)[1:] / voxels for axis in index], axis=1)
+            if count
+            else np.zeros((0, 3))
+        )
+    centroid_mm = centroid_index @ ids.affine[:3, :3].T + ids.affine[:3, 3]
+    for axis, name in enumerate(("x", "y", "z")):
+        table.insert(table.columns.get_loc("baseline_lesions"), f"centroid_{name}_mm", centroid_mm[:, axis])
+    return codes, table
+
+
+def _changes_record(changes: LesionChanges) -> dict[str, Any]:
+    return {
+        "counts": changes.counts(),
+        "volumes_mm3": changes.volumes_mm3(),
+        "rule": changes.rule.as_dict(),
+        "codes": {lesion_class: code for lesion_class, code in CHANGE_CODES.items()},
+        "grid": "classified on the common grid (volumes there); lesion_changes.nii.gz is on the follow-up's grid",
+        "masks": "new: the new-lesion mask; faded: the new-lesion head on the pair backwards; all lesions at each "
+        "time point: the baseline head on that time point alone",
+    }
 
 
 def _require_brightening(
@@ -602,6 +744,8 @@ def write_prediction(
             for key, volume in prediction.probabilities.items():
                 save_volume(volume, staged[f"{key}_probability"], dtype=np.float32, description=f"{key} probability")
         write_text(staged["table"], prediction.table.to_csv(sep="\t", index=False, float_format="%.4f"))
+        if prediction.lesion_changes is not None and "lesion_changes" in staged:
+            _write_changes(prediction, staged)
         common = prediction.common
         save_qc_figure(
             common.baseline.data,
@@ -613,6 +757,8 @@ def write_prediction(
             title="msnewlesion",
             lesion_count=prediction.figures.new_lesions.count,
             lesions=prediction.lesions_common,
+            changes=prediction.changes_common,
+            change_counts=prediction.summary.get("lesion_changes", {}).get("counts"),
         )
         for key, payload in (extra_json or {}).items():
             write_json(staged[key], payload)
@@ -632,6 +778,26 @@ def write_prediction(
         summary |= extra_summary or {}
         write_json(staged["summary"], summary)
     return outputs
+
+
+def _write_changes(prediction: Prediction, staged: Mapping[str, Path]) -> None:
+    """The change-class map with its colour tables beside it, and the table of every lesion over time."""
+    assert prediction.lesion_changes is not None and prediction.changes_table is not None
+    save_volume(
+        prediction.lesion_changes,
+        staged["lesion_changes"],
+        dtype=np.uint8,
+        description="msnewlesion lesion changes: 1 new 2 enlarging 3 stable 4 shrinking 5 resolved",
+    )
+    if "lesion_changes_table" in staged:
+        write_text(
+            staged["lesion_changes_table"],
+            prediction.changes_table.to_csv(sep="\t", index=False, float_format="%.4f", na_rep="n/a"),
+        )
+    if "lesion_changes_itksnap" in staged:
+        write_text(staged["lesion_changes_itksnap"], itksnap_label_descriptions())
+    if "lesion_changes_lut" in staged:
+        write_text(staged["lesion_changes_lut"], fsleyes_lookup_table())
 
 
 def open_model(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from msnewlesion.io import atomic_path
-from msnewlesion.lesions import bounding_box, components
+from msnewlesion.lesions import CHANGE_CODES, CHANGE_COLOURS, bounding_box, components
 
 __all__ = ["choose_qc_slices", "save_qc_figure"]
 
@@ -41,6 +42,16 @@ def choose_qc_slices(mask: np.ndarray, brain: np.ndarray | None = None, count: i
     return sorted({int(z) for z in np.percentile(zs, np.linspace(30, 70, count))})
 
 
+#: The change classes outlined in the QC picture (new lesions are the red outline already; stable ones the cyan).
+_CHANGE_OUTLINES = {"enlarging": "solid", "shrinking": "solid", "resolved": "dashed"}
+
+
+def _change_counts_text(changes: np.ndarray, counts: Mapping[str, int] | None) -> str:
+    if counts is None:
+        counts = {name: components(changes == code).count for name, code in CHANGE_CODES.items()}
+    return ", ".join(f"{counts.get(name, 0)} {name}" for name in CHANGE_CODES)
+
+
 def _display(slice_2d: np.ndarray) -> np.ndarray:
     # Arrays are (x, y) in RAS order. Radiological convention: the patient's right (high x) on the
     # viewer's left, anterior (high y) at the top.
@@ -59,6 +70,8 @@ def save_qc_figure(
     count: int = 4,
     lesion_count: int | None = None,
     lesions: tuple[np.ndarray, np.ndarray] | None = None,
+    changes: np.ndarray | None = None,
+    change_counts: Mapping[str, int] | None = None,
 ) -> Path:
     """Write a PNG: rows of axial slices, baseline beside follow-up, new lesions outlined in red.
 
@@ -66,6 +79,11 @@ def save_qc_figure(
     the baseline, so the reader can check that the lesion was not there before. ``lesions`` (the
     all-lesion masks of the baseline and of the follow-up) are outlined thinly in cyan on their own
     image. Without new lesions, the slices go through the follow-up's largest lesions.
+
+    ``changes`` (the class codes of :mod:`msnewlesion.lesions.changes` on the same grid) adds the lesions
+    that enlarged (orange), shrank (purple) or resolved (green, dashed), outlined on both images in their
+    class's colour, and the count of every class under the title (``change_counts``, or the connected
+    components of each class's voxels when not given); the slices then also go through them.
 
     The images must share one grid in RAS orientation (the preprocessing's common space), so the
     same slice shows the same anatomy at both time points.
@@ -76,6 +94,11 @@ def save_qc_figure(
     import matplotlib.pyplot as plt
 
     chooser = new_lesions if new_lesions.any() or lesions is None else lesions[1]
+    changed = None
+    if changes is not None:
+        changed = np.isin(changes, [CHANGE_CODES[name] for name in _CHANGE_OUTLINES])
+        if changed.any():
+            chooser = new_lesions | changed
     slices = choose_qc_slices(chooser, brain_mask, count=count)
     rows = max(len(slices), 1)
     found = lesion_count if lesion_count is not None else components(new_lesions).count
@@ -104,14 +127,30 @@ def save_qc_figure(
                     else {"colors": "yellow", "linewidths": 0.8, "linestyles": "dotted", "alpha": 0.8}
                 )
                 axis.contour(outline, levels=[0.5], **style)
+            if changes is not None and changed is not None and changed[:, :, z].any():
+                for name, linestyle in _CHANGE_OUTLINES.items():
+                    shown_class = ndimage.binary_dilation(changes[:, :, z][box] == CHANGE_CODES[name])
+                    if shown_class.any():
+                        colour = tuple(c / 255 for c in CHANGE_COLOURS[name])
+                        axis.contour(
+                            _display(shown_class.astype(float)),
+                            levels=[0.5],
+                            colors=[colour],
+                            linewidths=1.0,
+                            linestyles=linestyle,
+                        )
             axis.set_title(f"{label}, slice {z}", color="white", fontsize=9)
             axis.axis("off")
     heading = title or "new lesions"
     summary = (
         f"{found} new lesion{'s' if found != 1 else ''} (red on the follow-up)" if found else "no new lesion found"
     )
+    if changes is not None:
+        summary += "\n" + _change_counts_text(changes, change_counts)
     figure.suptitle(f"{heading}: {summary}", color="white", fontsize=10)
     legend = "R on the left (radiological view)" + ("; all lesions in cyan" if lesions is not None else "")
+    if changes is not None:
+        legend += "; enlarging orange, shrinking purple, resolved green (dashed)"
     figure.text(0.5, 0.005, legend, color="gray", fontsize=7, ha="center")
     figure.tight_layout(rect=(0, 0.02, 1, 0.97))
     buffer = io.BytesIO()

@@ -89,6 +89,8 @@ SYNTH_MODES = ("remove", "add", "both", "none")
 SESSION_PAIRINGS = ("consecutive", "first")
 #: Units of the surface distances in evaluation.
 DISTANCE_UNITS = ("mm", "voxel")
+#: What the reference of ``evaluate --classes`` holds: change-class codes, or a plain change mask.
+CHANGE_REFERENCE_KINDS = ("classes", "change")
 
 _CUDA_INDEX = re.compile(r"cuda:\d+")
 

@@ -34,6 +34,11 @@ sub-*/figures/
 *_newlesions.tsv
 *_summary.json
 group_newlesions.*
+*_lesionchanges.tsv
+*_dseg_itksnap.txt
+*_dseg.lut
+*_timeline.tsv
+group_timelines.png
 """
 _SHA256_IN_TEXT = re.compile(r"weights sha256 ([0-9a-f]{64})")
 

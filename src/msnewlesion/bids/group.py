@@ -25,6 +25,7 @@ GROUP_OUTPUT_NAMES = {
     "sidecar": "group_newlesions.json",
     "plot": "group_newlesions.png",
     "html": "group_newlesions.html",
+    "timeline_plot": "group_timelines.png",
 }
 
 GROUP_COLUMNS = {
@@ -41,7 +42,14 @@ GROUP_COLUMNS = {
     "baseline_lesion_volume_mm3": "Total lesion volume at the baseline session, mm³.",
     "followup_lesion_count": "Number of lesions at the follow-up session.",
     "followup_lesion_volume_mm3": "Total lesion volume at the follow-up session, mm³.",
+    "new_or_enlarging_count": "Lesions new or enlarging at the follow-up (the trials' endpoint; docs/predict.md).",
+    "change_new_count": "Lesions classified new (a new lesion joined to an existing one counts as its growth).",
+    "change_enlarging_count": "Lesions at both sessions that grew by the enlarging rule (summary.json has it).",
+    "change_stable_count": "Lesions at both sessions that neither grew nor shrank by the rule.",
+    "change_shrinking_count": "Lesions at both sessions that shrank by the rule backwards.",
+    "change_resolved_count": "Lesions of the baseline session that are gone at the follow-up.",
     "new_lesion_mask": "The new-lesion mask, relative to the derivative dataset.",
+    "lesion_changes": "The change classes on the follow-up's grid (dseg), relative to the derivative dataset.",
     "qc": "The QC picture, relative to the derivative dataset.",
     "summary": "The pair's summary (every setting and timing), relative to the derivative dataset.",
     "reason": "Why the pair failed.",
@@ -86,11 +94,131 @@ def _row_from_summary(output_dir: Path, summary: dict[str, Any], summary_path: P
         "baseline_lesion_volume_mm3": summary.get("lesions_baseline", {}).get("volume_mm3"),
         "followup_lesion_count": summary.get("lesions_followup", {}).get("count"),
         "followup_lesion_volume_mm3": summary.get("lesions_followup", {}).get("volume_mm3"),
+        **_change_counts(summary),
         "new_lesion_mask": listed.get("new_lesions"),
+        "lesion_changes": listed.get("lesion_changes"),
         "qc": listed.get("qc"),
         "summary": relative_path(summary_path, output_dir),
         "reason": None,
     }
+
+
+#: The group table's count columns of the change classes, by their key in summary.json's ``lesion_changes``.
+CHANGE_COUNT_COLUMNS = {
+    "new_or_enlarging_count": "new_or_enlarging",
+    "change_new_count": "new",
+    "change_enlarging_count": "enlarging",
+    "change_stable_count": "stable",
+    "change_shrinking_count": "shrinking",
+    "change_resolved_count": "resolved",
+}
+COUNT_COLUMNS = ("new_lesion_count", "baseline_lesion_count", "followup_lesion_count", *CHANGE_COUNT_COLUMNS)
+
+#: A participant with this many sessions or more gets a timeline.
+TIMELINE_MIN_SESSIONS = 3
+TIMELINE_COLUMNS = {
+    "participant_id": "The participant.",
+    "session_id": "The session; the first is the baseline of its first pair.",
+    "acq_time": "Acquisition time of the session's FLAIR.",
+    "since_session_id": "The earlier session of the pair that describes this one (n/a for the first session).",
+    "lesion_count": "Number of lesions at the session.",
+    "lesion_volume_mm3": "Total lesion volume at the session, mm³, on its FLAIR's grid.",
+    **{column: text for column, text in GROUP_COLUMNS.items() if column in CHANGE_COUNT_COLUMNS},
+}
+
+
+def _change_counts(summary: dict[str, Any]) -> dict[str, Any]:
+    counts = summary.get("lesion_changes", {}).get("counts", {})
+    return {column: counts.get(key) for column, key in CHANGE_COUNT_COLUMNS.items()}
+
+
+def timelines(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The timeline of every participant with :data:`TIMELINE_MIN_SESSIONS` sessions or more in ``table``.
+
+    One row per session, in time order: the session's lesion count and volume, and the change counts of the
+    pair that ends there (``since_session_id``). The first session's row comes from the baseline side of its
+    first pair. Built from the done pairs only; where two pairs end at one session, the first in the table's
+    order (consecutive pairs before pairs against the first session, by their baseline) describes it.
+    """
+    done = table[table["status"] == "done"]
+    result = {}
+    for participant, rows in done.groupby("participant_id", sort=False):
+        sessions: dict[str, dict[str, Any]] = {}
+        for row in rows.to_dict("records"):
+            baseline = row["baseline_session_id"]
+            if baseline not in sessions:
+                sessions[baseline] = {
+                    "participant_id": participant,
+                    "session_id": baseline,
+                    "acq_time": row["baseline_acq_time"],
+                    "since_session_id": None,
+                    "lesion_count": row["baseline_lesion_count"],
+                    "lesion_volume_mm3": row["baseline_lesion_volume_mm3"],
+                    **dict.fromkeys(CHANGE_COUNT_COLUMNS),
+                }
+            followup = row["followup_session_id"]
+            if followup not in sessions or sessions[followup]["since_session_id"] is None:
+                sessions[followup] = {
+                    "participant_id": participant,
+                    "session_id": followup,
+                    "acq_time": row["followup_acq_time"],
+                    "since_session_id": baseline,
+                    "lesion_count": row["followup_lesion_count"],
+                    "lesion_volume_mm3": row["followup_lesion_volume_mm3"],
+                    **{column: row[column] for column in CHANGE_COUNT_COLUMNS},
+                }
+        if len(sessions) < TIMELINE_MIN_SESSIONS:
+            continue
+        # The first session is nobody's follow-up; the others follow their pairs' time order.
+        ordered = [s for s in sessions.values() if s["since_session_id"] is None] + [
+            s for s in sessions.values() if s["since_session_id"] is not None
+        ]
+        timeline = pd.DataFrame(ordered, columns=list(TIMELINE_COLUMNS))
+        for column in ("lesion_count", *CHANGE_COUNT_COLUMNS):
+            timeline[column] = timeline[column].astype("Int64")
+        result[str(participant)] = timeline
+    return result
+
+
+def timeline_path(output_dir: Path, participant_id: str) -> Path:
+    """Where a participant's timeline TSV goes: ``sub-<label>/sub-<label>_timeline.tsv``."""
+    return output_dir / participant_id / f"{participant_id}_timeline.tsv"
+
+
+def _timeline_plot(participant_timelines: dict[str, pd.DataFrame], path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from msnewlesion.lesions import CHANGE_COLOURS
+
+    count = len(participant_timelines)
+    figure, axes = plt.subplots(count, 1, figsize=(7.0, 2.8 * count), squeeze=False)
+    for axis, (participant, timeline) in zip(axes[:, 0], participant_timelines.items(), strict=True):
+        x = range(len(timeline))
+        volume_axis = axis.twinx()
+        volume_axis.plot(x, timeline["lesion_volume_mm3"].astype(float), "k-o", markersize=4, label="lesion volume")
+        volume_axis.set_ylabel("lesion volume (mm³)", fontsize=8)
+        bottom = [0.0] * len(timeline)
+        for name in ("new", "enlarging", "shrinking", "resolved"):
+            heights = [0.0 if pd.isna(v) else float(v) for v in timeline[f"change_{name}_count"]]
+            colour = tuple(c / 255 for c in CHANGE_COLOURS[name])
+            axis.bar(x, heights, bottom=bottom, width=0.5, color=colour, label=name)
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        axis.set_xticks(list(x))
+        axis.set_xticklabels(timeline["session_id"], fontsize=8)
+        axis.set_ylabel("lesions changed", fontsize=8)
+        axis.set_title(f"{participant}: changes since the session before, and the lesion volume", fontsize=9)
+        axis.legend(loc="upper left", fontsize=7, ncol=4)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(buffer.getvalue())
 
 
 def _group_rows(output_dir: Path, plans: list[ParticipantPlan], selected: set[str] | None) -> list[dict[str, Any]]:
@@ -182,6 +310,9 @@ def _group_plot(table: pd.DataFrame, path: Path) -> None:
         temporary.write_bytes(buffer.getvalue())
 
 
+_CHANGE_NAMES = ("new", "enlarging", "stable", "shrinking", "resolved")
+
+
 def _missing(value: Any) -> bool:
     return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
 
@@ -194,7 +325,7 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _group_html(table: pd.DataFrame, plot_name: str) -> str:
+def _group_html(table: pd.DataFrame, plot_name: str, timeline_names: dict[str, str] | None = None) -> str:
     counts = Counter(table["status"])
     heading = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "failed", "missing"))
     rows = []
@@ -216,7 +347,21 @@ def _group_html(table: pd.DataFrame, plot_name: str) -> str:
             f"<td>{_cell(row['days_between'])}</td><td>{_cell(row['status'])}</td>"
             f"<td>{_cell(row['new_lesion_count'])}</td><td>{_cell(row['new_lesion_volume_mm3'])}</td>"
             f"<td>{_cell(row['baseline_lesion_volume_mm3'])}</td><td>{_cell(row['followup_lesion_volume_mm3'])}</td>"
-            f"<td>{picture}</td><td>{summary}</td><td>{_cell(row['reason']) if row['reason'] else ''}</td></tr>"
+            f"<td>{_cell(row['new_or_enlarging_count'])}</td>"
+            + "".join(f"<td>{_cell(row[f'change_{name}_count'])}</td>" for name in _CHANGE_NAMES)
+            + f"""<td>{picture}</td><td>{summary}</td><td>{_cell(row["reason"]) if row["reason"] else ""}</td></tr>"""
+        )
+    timeline_section = ""
+    if timeline_names:
+        links = ", ".join(
+            f'<a href="{html.escape(tsv)}">{html.escape(participant)}</a>'
+            for participant, tsv in timeline_names.items()
+        )
+        timeline_section = (
+            f"<h2>Timelines (participants with {TIMELINE_MIN_SESSIONS} or more sessions)</h2>\n"
+            f"<p>Tables: {links}.</p>\n"
+            f'<p><img src="{html.escape(GROUP_OUTPUT_NAMES["timeline_plot"])}" alt="timelines" '
+            'style="width: auto; max-width: 100%"></p>'
         )
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -238,11 +383,13 @@ img {{ width: 260px; }}
 <table>
 <thead><tr><th>participant</th><th>sessions</th><th>days</th><th>status</th><th>new lesions</th>
 <th>new volume (mm³)</th><th>baseline lesion volume (mm³)</th><th>follow-up lesion volume (mm³)</th>
+<th>new or enlarging</th><th>new</th><th>enlarging</th><th>stable</th><th>shrinking</th><th>resolved</th>
 <th>QC</th><th>details</th><th>reason</th></tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody>
 </table>
+{timeline_section}
 </body>
 </html>
 """
@@ -277,7 +424,7 @@ def run_group_level(
     plans = plan_dataset(bids_dir, selection)
     selected = set(selection.participant_labels) if selection.participant_labels else None
     table = pd.DataFrame(_group_rows(output_dir, plans, selected), columns=list(GROUP_COLUMNS))
-    for column in ("new_lesion_count", "baseline_lesion_count", "followup_lesion_count"):
+    for column in COUNT_COLUMNS:
         table[column] = table[column].astype("Int64")
     outputs = {key: output_dir / name for key, name in GROUP_OUTPUT_NAMES.items()}
     write_text(outputs["table"], table.to_csv(sep="\t", index=False, na_rep="n/a"))
@@ -289,5 +436,16 @@ def run_group_level(
         },
     )
     _group_plot(table, outputs["plot"])
-    write_text(outputs["html"], _group_html(table, outputs["plot"].name))
+    participant_timelines = timelines(table)
+    timeline_names = {}
+    for participant, timeline in participant_timelines.items():
+        path = timeline_path(output_dir, participant)
+        write_text(path, timeline.to_csv(sep="\t", index=False, na_rep="n/a"))
+        outputs[f"timeline_{participant}"] = path
+        timeline_names[participant] = relative_path(path, output_dir)
+    if participant_timelines:
+        _timeline_plot(participant_timelines, outputs["timeline_plot"])
+    else:
+        del outputs["timeline_plot"]
+    write_text(outputs["html"], _group_html(table, outputs["plot"].name, timeline_names))
     return GroupResult(table, outputs)

@@ -69,6 +69,11 @@ def pair_outputs(
     outputs["not_assessed_baseline"] = earlier / _name(a, "mask.nii.gz", label="notassessed", desc=before)
     outputs["not_assessed_followup"] = later / _name(b, "mask.nii.gz", label="notassessed", desc=since)
     outputs["table"] = later / _name(b, "newlesions.tsv", desc=since, space=False)
+    # The change classes on B's grid (a discrete segmentation), their colour tables and the lesion table.
+    outputs["lesion_changes"] = later / _name(b, "dseg.nii.gz", label="lesionchange", desc=since)
+    outputs["lesion_changes_itksnap"] = later / _name(b, "dseg_itksnap.txt", label="lesionchange", desc=since)
+    outputs["lesion_changes_lut"] = later / _name(b, "dseg.lut", label="lesionchange", desc=since)
+    outputs["lesion_changes_table"] = later / _name(b, "lesionchanges.tsv", desc=since, space=False)
     outputs["qc"] = output_dir / f"sub-{pair.participant}" / "figures" / _name(b, "qc.png", desc=since, space=False)
     outputs["summary"] = later / _name(b, "summary.json", desc=since, space=False)
     return outputs

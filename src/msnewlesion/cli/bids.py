@@ -24,6 +24,8 @@ from msnewlesion.cli.predict import (
     CONNECTIVITY,
     DEVICE,
     ENGINE,
+    ENLARGING_MIN_MM3,
+    ENLARGING_RELATIVE,
     MIN_BRIGHTENING,
     MIN_LESION_VOLUME,
     MODEL,
@@ -213,6 +215,8 @@ def bids(
     device: str = DEVICE,
     save_probabilities: bool = SAVE_PROBABILITIES,
     min_brightening: Optional[float] = MIN_BRIGHTENING,
+    enlarging_relative: float = ENLARGING_RELATIVE,
+    enlarging_min_mm3: float = ENLARGING_MIN_MM3,
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo pairs whose results are complete already."),
     as_json: bool = typer.Option(
         False, "--json", help="Print every pair and its status (participant) or the group table (group) as JSON."
@@ -277,6 +281,8 @@ def bids(
         device=device,
         save_probabilities=save_probabilities,
         min_brightening=min_brightening,
+        enlarging_relative=enlarging_relative,
+        enlarging_min_mm3=enlarging_min_mm3,
     )
     check_dataset(bids_dir, output_dir)  # a wrong BIDS or output folder fails before the model is loaded
     from msnewlesion.predict import open_model

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from msnewlesion.cli.common import choice, cli_errors, console, err_console, fail, progress_bars, warn
 from msnewlesion.errors import InputError
-from msnewlesion.settings import CONNECTIVITIES, DISTANCE_UNITS
+from msnewlesion.settings import CHANGE_REFERENCE_KINDS, CONNECTIVITIES, DISTANCE_UNITS
 
 
 @cli_errors
@@ -61,6 +61,19 @@ def evaluate(
         help="Binarise masks that hold fractions (probability maps): voxels above this value are lesion. "
         "Without it such a file is refused.",
     ),
+    classes: bool = typer.Option(
+        False,
+        "--classes",
+        help="PRED is a lesion_changes map (1 new, 2 enlarging, 3 stable, 4 shrinking, 5 resolved): score "
+        "new-or-enlarging and each class the reference holds, lesion-wise (docs/metrics.md).",
+    ),
+    reference_kind: str = typer.Option(
+        "classes",
+        "--reference-kind",
+        **choice(CHANGE_REFERENCE_KINDS),
+        help="With --classes: classes (GT holds the same codes, as synth writes) or change (GT is a plain "
+        "change mask, every value above 0 a change of any class: scored against every class but stable).",
+    ),
     output: Optional[Path] = typer.Option(
         None, "-o", "--output", help="Write a CSV: one row per case, then a row of means."
     ),
@@ -95,6 +108,8 @@ def evaluate(
         msnewlesion evaluate --pred-dir predictions --gt-dir ground_truth -o results.csv
 
         msnewlesion evaluate --pairs pairs.csv --units voxel --connectivity 6 --json > results.json
+
+        msnewlesion evaluate --classes out/lesion_changes.nii.gz synthetic/pair000/lesion_changes.nii.gz
     """
     from msnewlesion.io import check_outputs_free
     from msnewlesion.metrics import (
@@ -102,10 +117,12 @@ def evaluate(
         CasePair,
         EvaluationOptions,
         case_name,
+        evaluate_change_pairs,
         evaluate_pairs,
         pairs_from_csv,
         pairs_from_directories,
         results_payload,
+        score_of,
         summarise,
         write_lesion_details_csv,
         write_results_csv,
@@ -146,8 +163,15 @@ def evaluate(
     if output is not None and lesions_csv is not None and output.resolve() == lesions_csv.resolve():
         raise InputError("-o and --lesions-csv must be different files")
 
+    if reference_kind != "classes" and not classes:
+        raise InputError("--reference-kind goes with --classes: add --classes to score lesion changes")
     with progress_bars(enabled=not quiet and len(case_pairs) > 1) as progress:
-        results, evaluation_failures = evaluate_pairs(case_pairs, options, progress=progress)
+        if classes:
+            results, evaluation_failures = evaluate_change_pairs(
+                case_pairs, options, reference_kind=reference_kind, progress=progress
+            )
+        else:
+            results, evaluation_failures = evaluate_pairs(case_pairs, options, progress=progress)
     failures.extend(evaluation_failures)
     if single and failures:
         raise fail(failures[0].error)
@@ -165,7 +189,13 @@ def evaluate(
         typer.echo(json.dumps(results_payload(results, failures), indent=2, ensure_ascii=False, allow_nan=False))
     if not quiet:
         screen = err_console if json_output else console
-        _print_table(screen, results, summarise(results), units)
+        if classes:
+            # One table per score: a mean over different classes would mean nothing.
+            for score in dict.fromkeys(score_of(result) for result in results):
+                chosen = [result for result in results if score_of(result) == score]
+                _print_table(screen, chosen, summarise(chosen), units, heading=score)
+        else:
+            _print_table(screen, results, summarise(results), units)
         for written, what in ((output, "results"), (lesions_csv, "per-lesion results")):
             if written is not None:
                 err_console.print(f"{what} written to {escape(str(written))}", highlight=False)
@@ -205,9 +235,10 @@ def _lesion_cells(values: Any, mean: bool) -> tuple[str, str]:
     return lesions, false_positives
 
 
-def _print_table(screen: Console, results: list, summary: dict, units: str) -> None:
+def _print_table(screen: Console, results: list, summary: dict, units: str, heading: str | None = None) -> None:
+    title = f"Distances in {units}; sens, PPV, F1 lesion-wise; lesions in reference/prediction"
     table = Table(
-        title=f"Distances in {units}; sens, PPV, F1 lesion-wise; lesions in reference/prediction",
+        title=f"{escape(heading)}: {title}" if heading else title,
         title_justify="left",
         box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0),

@@ -128,6 +128,17 @@ MIN_BRIGHTENING = typer.Option(
     "standard deviations); off by default (docs/predict.md).",
 )
 
+ENLARGING_RELATIVE = typer.Option(
+    0.5,
+    "--enlarging-relative",
+    parser=number_in(0.0, math.inf, low_open=True),
+    help="A lesion present at both time points is enlarging when it grew by at least this fraction of its "
+    "baseline volume (0.5: 50 %) and by --enlarging-min-mm3; shrinking by the same rule backwards.",
+)
+ENLARGING_MIN_MM3 = typer.Option(
+    10.0, "--enlarging-min-mm3", min=0.0, help="The volume (mm³) an enlarging lesion must gain at least."
+)
+
 
 def predict_options(
     *,
@@ -150,6 +161,8 @@ def predict_options(
     device: str,
     save_probabilities: bool,
     min_brightening: float | None,
+    enlarging_relative: float,
+    enlarging_min_mm3: float,
 ) -> "PredictOptions":
     """The core's PredictOptions from the predict options a command declares (the --no-x flags turned around)."""
     from msnewlesion.predict import PredictOptions
@@ -174,6 +187,8 @@ def predict_options(
         device=device,
         save_probabilities=save_probabilities,
         min_brightening=min_brightening,
+        enlarging_relative=enlarging_relative,
+        enlarging_min_mm3=enlarging_min_mm3,
     )
 
 
@@ -202,6 +217,8 @@ def predict(
     device: str = DEVICE,
     save_probabilities: bool = SAVE_PROBABILITIES,
     min_brightening: Optional[float] = MIN_BRIGHTENING,
+    enlarging_relative: float = ENLARGING_RELATIVE,
+    enlarging_min_mm3: float = ENLARGING_MIN_MM3,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in the output folder."),
     skip_existing: bool = typer.Option(
         False, "--skip-existing", help="Exit successfully without work when the folder already holds a result."
@@ -214,6 +231,9 @@ def predict(
     Writes into OUTPUT, on each input's own grid (same shape and affine, so they overlay in any viewer):
     `new_lesions.nii.gz` (follow-up grid), `lesions_baseline.nii.gz`, `lesions_followup.nii.gz`,
     `new_lesions.tsv` (one row per new lesion: voxels, mm³, centroid in scanner mm, probabilities),
+    `lesion_changes.nii.gz` (follow-up grid: 1 new, 2 enlarging, 3 stable, 4 shrinking, 5 resolved; colour
+    tables `lesion_changes_itksnap.txt` and `lesion_changes.lut` beside it), `lesion_changes.tsv` (one row
+    per lesion: class, volume at each time point),
     `summary.json` (counts, volumes, model, every setting, time per stage) and `qc.png`. `summary.json`
     is written last: a folder holding it is a complete result.
 
@@ -248,6 +268,8 @@ def predict(
         device=device,
         save_probabilities=save_probabilities,
         min_brightening=min_brightening,
+        enlarging_relative=enlarging_relative,
+        enlarging_min_mm3=enlarging_min_mm3,
     )
     outputs = prediction_outputs(output, save_probabilities=save_probabilities)
     if outputs["summary"].exists() and not overwrite:

@@ -45,6 +45,16 @@ def synth(
     enlargement: tuple[float, float] = typer.Option(
         (1.0, 2.5), "--enlargement", metavar="MIN MAX", help="Thickness of an enlarging lesion's new shell, mm."
     ),
+    shrinking: int = typer.Option(
+        0,
+        "--shrinking",
+        min=0,
+        help="Library lesions that shrink: the whole shape at the baseline, its core (the lesion without a "
+        "--enlargement mm shell) at both time points.",
+    ),
+    resolved: int = typer.Option(
+        0, "--resolved", min=0, help="Lesions of the scan in-painted in the follow-up: present at the baseline only."
+    ),
     min_volume: float = typer.Option(10.0, "--min-volume", help="Smallest lesion to remove or add, mm³."),
     max_volume: float = typer.Option(1500.0, "--max-volume", help="Largest lesion to remove or add, mm³."),
     contrast: float = typer.Option(1.3, "--contrast", help="Added lesion intensity / local normal white matter."),
@@ -142,6 +152,8 @@ def synth(
         removed_lesions=removed if mode in ("remove", "both") else 0,
         added_lesions=added if mode in ("add", "both") else 0,
         enlarged_lesions=enlarged if mode != "none" else 0,
+        shrinking_lesions=shrinking if mode != "none" else 0,
+        resolved_lesions=resolved if mode != "none" else 0,
         enlargement_mm=enlargement,
         min_lesion_volume_mm3=min_volume,
         max_lesion_volume_mm3=max_volume,

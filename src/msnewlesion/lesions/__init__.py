@@ -2,9 +2,24 @@
 
 :mod:`msnewlesion.lesions.components` labels masks (the one place that does) and describes their
 lesions; :mod:`msnewlesion.lesions.detection` matches the lesions of a prediction and a reference by
-the MSSEG rule (Anima's ``animaSegPerfAnalyzer``, see ``docs/metrics.md``).
+the MSSEG rule (Anima's ``animaSegPerfAnalyzer``, see ``docs/metrics.md``);
+:mod:`msnewlesion.lesions.changes` matches the lesions of two time points and classifies them (new,
+enlarging, stable, shrinking, resolved).
 """
 
+from msnewlesion.lesions.changes import (
+    CHANGE_CLASSES,
+    CHANGE_CODES,
+    CHANGE_COLOURS,
+    CHANGE_GROUPS,
+    ChangeRule,
+    LesionChange,
+    LesionChanges,
+    change_counts,
+    classify_changes,
+    fsleyes_lookup_table,
+    itksnap_label_descriptions,
+)
 from msnewlesion.lesions.components import (
     DEFAULT_MIN_LESION_VOLUME_MM3,
     Components,
@@ -28,18 +43,29 @@ from msnewlesion.lesions.detection import (
 )
 
 __all__ = [
+    "CHANGE_CLASSES",
+    "CHANGE_CODES",
+    "CHANGE_COLOURS",
+    "CHANGE_GROUPS",
     "DEFAULT_ALPHA",
     "DEFAULT_BETA",
     "DEFAULT_GAMMA",
     "DEFAULT_MIN_LESION_VOLUME_MM3",
+    "ChangeRule",
     "Components",
     "DetectionResult",
+    "LesionChange",
+    "LesionChanges",
     "LesionDetection",
     "bounding_box",
+    "change_counts",
+    "classify_changes",
     "components",
     "connectivity_structure",
     "detect_lesions",
     "detections_table",
+    "fsleyes_lookup_table",
+    "itksnap_label_descriptions",
     "label_lesions",
     "largest_component",
     "lesion_table",

@@ -196,7 +196,7 @@ def write_synthetic_pairs(
     subject = subject if subject is not None else default_subject(flair_path)
     if not subject or re.search(r"[\\/,\s]", subject):
         raise InputError(f"the subject name {subject!r} must be non-empty, without spaces, commas or slashes")
-    if (options.added_lesions > 0 or options.enlarged_lesions > 0) and library is None:
+    if (options.added_lesions > 0 or options.enlarged_lesions > 0 or options.shrinking_lesions > 0) and library is None:
         raise InputError(
             f"lesions are to be added but no lesion library was given: pass {parameter('library')} with a folder "
             f"of lesion masks, or add none ({parameter('added_lesions', 0)})"
@@ -220,7 +220,9 @@ def write_synthetic_pairs(
     check_same_grid(flair, lesions, what_a="FLAIR", what_b="lesion mask")
     brain_mask = load_mask(brain_mask_path, what="brain mask") if brain_mask_path is not None else None
     lesion_library = None
-    if library is not None and (options.added_lesions > 0 or options.enlarged_lesions > 0):
+    if library is not None and (
+        options.added_lesions > 0 or options.enlarged_lesions > 0 or options.shrinking_lesions > 0
+    ):
         volumes = load_lesion_library(library, progress=progress)
         for volume in volumes:
             check_same_grid(flair, volume, what_a="FLAIR", what_b=f"library lesion mask {volume.name}")

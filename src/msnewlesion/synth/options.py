@@ -29,7 +29,12 @@ class SynthOptions:
         both time points and the whole shape to the follow-up; the part outside the core is new (change
         masks mark enlarging lesions so).
     enlargement_mm : (float, float)
-        Range of the thickness of an enlarging lesion's new part.
+        Range of the thickness of an enlarging lesion's new part (and of the part a shrinking lesion loses).
+    shrinking_lesions : int
+        Shrinking lesions: a library lesion whose whole shape is added to the baseline and whose core to both
+        time points (the mirror of an enlarging lesion; nothing new).
+    resolved_lesions : int
+        Annotated lesions of the scan in-painted in the follow-up: present at the baseline only.
     min_lesion_volume_mm3, max_lesion_volume_mm3 : float
         Only lesions of this size are removed or added.
     contrast : float
@@ -79,6 +84,8 @@ class SynthOptions:
     added_lesions: int = 3
     enlarged_lesions: int = 0
     enlargement_mm: tuple[float, float] = (1.0, 2.5)
+    shrinking_lesions: int = 0
+    resolved_lesions: int = 0
     min_lesion_volume_mm3: float = 10.0
     max_lesion_volume_mm3: float = 1500.0
     contrast: float = 1.3
@@ -114,7 +121,7 @@ class SynthOptions:
             len(self.enlargement_mm) == 2 and 0 < self.enlargement_mm[0] <= self.enlargement_mm[1],
             f"enlargement_mm must be a range (min, max) of positive mm, got {self.enlargement_mm}",
         )
-        for name in ("removed_lesions", "added_lesions", "enlarged_lesions"):
+        for name in ("removed_lesions", "added_lesions", "enlarged_lesions", "shrinking_lesions", "resolved_lesions"):
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 0, f"{name} must be a whole number ≥ 0, got {value}")
         check(self.min_lesion_volume_mm3 > 0, f"min_lesion_volume_mm3 must be > 0, got {self.min_lesion_volume_mm3}")

@@ -15,7 +15,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from msnewlesion.io import Volume
-from msnewlesion.lesions import bounding_box
+from msnewlesion.lesions import CHANGE_CODES, bounding_box
 from msnewlesion.synth.library import LibraryLesion
 from msnewlesion.synth.options import SynthOptions
 from msnewlesion.synth.painting import (
@@ -61,13 +61,17 @@ class Painter:
         self.content_baseline = self.lesions.astype(np.float32)
         self.content_followup = self.content_baseline.copy()
         self.content_new = np.zeros(self.shape, dtype=np.float32)
+        # The change class of every lesion voxel (msnewlesion.lesions.CHANGE_CODES), on the union of its extents
+        # at both time points: the scan's lesions are stable until one is removed, resolved or joined by others.
+        self.change_codes = np.where(self.lesions, np.uint8(CHANGE_CODES["stable"]), np.uint8(0))
         # Lesions, in-painted regions and added lesions: what a new lesion must keep its distance from.
         self.occupied = self.lesions.copy()
         self.nawm_sigma = [options.nawm_scale_mm / s for s in self.spacing]
         self.nawm_reach = voxels_for_mm(3 * options.nawm_scale_mm, self.spacing)
 
     # -- removing -------------------------------------------------------------------------------------
-    def remove(self, label: int, rng: np.random.Generator) -> dict[str, Any]:
+    def remove(self, label: int, rng: np.random.Generator, time_point: str = "baseline") -> dict[str, Any]:
+        """In-paint annotated lesion ``label`` in the baseline (a new lesion) or the follow-up (a resolved one)."""
         options = self.options
         rim_mm = options.inpaint_margin_mm + FLOOR_DISTANCE * options.edge_softness_mm
         rim = voxels_for_mm(rim_mm, self.spacing)
@@ -96,10 +100,15 @@ class Painter:
             texture_record = {"source": "correlated Gaussian noise", "std": round(spread, 4)}
         fill = mean + texture
 
-        target = self.baseline[box]
+        target = (self.baseline if time_point == "baseline" else self.followup)[box]
         target[support] = (1 - weight[support]) * target[support] + weight[support] * fill[support]
-        self.content_baseline[box][lesion] = 0
-        self.content_new[box][lesion] = 1
+        if time_point == "baseline":
+            self.content_baseline[box][lesion] = 0
+            self.content_new[box][lesion] = 1
+            self.change_codes[box][lesion] = CHANGE_CODES["new"]
+        else:
+            self.content_followup[box][lesion] = 0
+            self.change_codes[box][lesion] = CHANGE_CODES["resolved"]
         self.occupied[box] |= support
 
         origin = [s.start for s in box]
@@ -146,9 +155,11 @@ class Painter:
         origin: np.ndarray,
         contrast: float,
         core: np.ndarray | None = None,
+        shrinking: bool = False,
     ) -> dict[str, Any]:
         """Add a library lesion to the follow-up; with ``core`` (a part of ``mask``), an enlarging lesion:
-        the core at both time points, the whole shape at the follow-up, the rest of it new."""
+        the core at both time points, the whole shape at the follow-up, the rest of it new; with ``shrinking``
+        too, a shrinking lesion: the whole shape at the baseline, the core at both (nothing new)."""
         options = self.options
         rim_mm = FLOOR_DISTANCE * options.edge_softness_mm
         reach = [r + n + 1 for r, n in zip(voxels_for_mm(rim_mm, self.spacing), self.nawm_reach, strict=True)]
@@ -170,11 +181,22 @@ class Painter:
         )
         nawm_mean = float(mean[shape_in_box].mean())
         increase = (contrast - 1.0) * nawm_mean
-        self.followup[box] += weight * np.float32(increase)
-        np.maximum(self.content_followup[box], weight, out=self.content_followup[box])
+        whole, kept = (self.baseline, self.content_baseline) if shrinking else (self.followup, self.content_followup)
+        whole[box] += weight * np.float32(increase)
+        np.maximum(kept[box], weight, out=kept[box])
         if core is None:
             np.maximum(self.content_new[box], weight, out=self.content_new[box])
+            self.change_codes[placed][mask] = CHANGE_CODES["new"]
+        elif shrinking:
+            core_in_box = np.zeros_like(shape_in_box)
+            core_in_box[inner] = core
+            core_weight = soft_lesion_weight(signed_distance_mm(core_in_box, self.spacing), options.edge_softness_mm)
+            core_weight[self.lesions[box]] = 0
+            self.followup[box] += core_weight * np.float32(increase)
+            np.maximum(self.content_followup[box], core_weight, out=self.content_followup[box])
+            self.change_codes[placed][mask] = CHANGE_CODES["shrinking"]
         else:
+            self.change_codes[placed][mask] = CHANGE_CODES["enlarging"]
             core_in_box = np.zeros_like(shape_in_box)
             core_in_box[inner] = core
             core_weight = soft_lesion_weight(signed_distance_mm(core_in_box, self.spacing), options.edge_softness_mm)

@@ -14,7 +14,7 @@ from scipy import ndimage
 from msnewlesion import __version__
 from msnewlesion.errors import InputError, parameter
 from msnewlesion.io import Volume, atomic_directory, check_same_grid, save_volume, write_json
-from msnewlesion.lesions import bounding_box, components
+from msnewlesion.lesions import CHANGE_CODES, bounding_box, components
 from msnewlesion.synth.acquisition import simulate_acquisition
 from msnewlesion.synth.library import LesionLibrary, LibraryLesion
 from msnewlesion.synth.nuisance import (
@@ -49,6 +49,7 @@ PAIR_FILES = {
     "new_lesions": "new_lesions.nii.gz",
     "lesions_baseline": "lesions_baseline.nii.gz",
     "lesions_followup": "lesions_followup.nii.gz",
+    "lesion_changes": "lesion_changes.nii.gz",
     "record": "synth.json",
 }
 
@@ -59,7 +60,12 @@ MASK_DEFINITION = (
     "boundary in mm (negative inside), which is above 1/2 exactly on the library lesion's voxels. Before motion, "
     "lesions_baseline = {baseline content > 1/2}, lesions_followup = {follow-up content > 1/2} and new_lesions = "
     "the removed annotated lesions, the placed library lesions (there {follow-up content - baseline content > 1/2}) "
-    "and each enlarging lesion's voxels outside its core. Each mask then moves with its image by "
+    "and each enlarging lesion's voxels outside its core. A resolved lesion is an annotated lesion in-painted in "
+    "the follow-up (content 0 there); a shrinking lesion is an enlarging one backwards (its whole shape at the "
+    "baseline, its core at both time points; nothing new). lesion_changes codes every lesion's voxels (the union "
+    "of its extents at both time points) with its class: 1 new (removed and added lesions), 2 enlarging, 3 stable "
+    "(the scan's other lesions), 4 shrinking, 5 resolved; it is on the follow-up. Each mask then moves with its "
+    "image by "
     "nearest neighbour (a voxel is lesion when its centre, mapped back through the motion, falls in a lesion voxel). "
     "Without motion, drift and noise, the follow-up exceeds the baseline by more than half an added lesion's "
     "intensity increase exactly on its voxels, and baseline and follow-up are identical outside the changes' "
@@ -68,6 +74,11 @@ MASK_DEFINITION = (
 
 #: The core of an enlarging lesion (present at both time points) holds at least this fraction of it.
 ENLARGING_MIN_CORE = 0.3
+#: ... and at most this fraction, and the rest is at least this volume: an enlarging (or shrinking) lesion at
+#: least doubles (halves) by at least 20 mm³, so it passes the default enlarging rule (50 %, 10 mm³ in
+#: msnewlesion.lesions.changes) with margin, and its class is known exactly.
+ENLARGING_MAX_CORE = 0.5
+ENLARGING_MIN_CHANGE_MM3 = 20.0
 
 # How many random placements are tried for one added lesion: first at library lesions' own (jittered)
 # locations, then at random white-matter locations.
@@ -87,6 +98,8 @@ class SyntheticPair:
         The exact new-lesion mask, on the follow-up (see :data:`MASK_DEFINITION`).
     lesions_baseline, lesions_followup : Volume
         All lesions of each time point.
+    lesion_changes : Volume
+        The change class of every lesion (codes of :data:`msnewlesion.lesions.CHANGE_CODES`), on the follow-up.
     record : dict
         Every parameter and random choice (JSON-ready).
     """
@@ -96,6 +109,7 @@ class SyntheticPair:
     new_lesions: Volume
     lesions_baseline: Volume
     lesions_followup: Volume
+    lesion_changes: Volume | None = None
     record: dict[str, Any] = field(default_factory=dict)
 
 
@@ -180,10 +194,10 @@ def synthesize_pair(
     max_voxels = max(math.floor(options.max_lesion_volume_mm3 / voxel_volume + 1e-9), min_voxels)
     library, candidates = _library_candidates(library, options, min_voxels, max_voxels)
 
-    # Six streams; the first five are those of pairs made before acquisitions were simulated (spawn(6)[:5]
-    # equals spawn(5)), so such pairs are reproduced bit for bit.
-    removal_rng, addition_rng, motion_rng, drift_rng, noise_rng, acquisition_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(options.seed).spawn(6)
+    # Seven streams; the first five are those of pairs made before acquisitions were simulated, the sixth of
+    # those made before resolved lesions (spawn(7)[:6] equals spawn(6)), so such pairs are reproduced bit for bit.
+    removal_rng, addition_rng, motion_rng, drift_rng, noise_rng, acquisition_rng, resolution_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(options.seed).spawn(7)
     )
     painter = Painter(flair, tissue, options)
 
@@ -194,9 +208,20 @@ def synthesize_pair(
         removal_rng.choice(np.asarray(removable, dtype=np.int64), size=count, replace=False).tolist() if count else []
     )
     removed = [painter.remove(int(label), removal_rng) for label in chosen]
+    # -- resolve other annotated lesions: in-painted in the follow-up ------------------------------------
+    resolvable = [label for label in removable if label not in chosen]
+    resolved_count = min(options.resolved_lesions, len(resolvable))
+    resolved = [
+        painter.remove(int(label), resolution_rng, time_point="followup")
+        for label in (
+            resolution_rng.choice(np.asarray(resolvable, dtype=np.int64), size=resolved_count, replace=False).tolist()
+            if resolved_count
+            else []
+        )
+    ]
 
     # -- add library lesions to the follow-up, and enlarging ones to both time points ----------------------
-    added, enlarged = _add_lesions(painter, candidates, flair, options, addition_rng)
+    added, enlarged, shrinking = _add_lesions(painter, candidates, flair, options, addition_rng)
 
     # -- motion, drift and noise ----------------------------------------------------------------------
     moved = _move(painter, flair, tissue.brain, options, motion_rng)
@@ -229,6 +254,13 @@ def synthesize_pair(
             "lesions": added,
         },
         "enlarged": {"requested": options.enlarged_lesions, "made": len(enlarged), "lesions": enlarged},
+        "shrinking": {"requested": options.shrinking_lesions, "made": len(shrinking), "lesions": shrinking},
+        "resolved": {
+            "requested": options.resolved_lesions,
+            "made": len(resolved),
+            "eligible": len(resolvable),
+            "lesions": resolved,
+        },
         "motion": moved.record(options.interpolation_order),
         **drift_and_noise,
         "acquisition": acquisitions,
@@ -237,6 +269,7 @@ def synthesize_pair(
             "voxels": int(new_lesions.sum()),
             "volume_mm3": round(float(new_lesions.sum()) * voxel_volume, 3),
         },
+        "lesion_changes": _change_counts(moved.change_codes),
         "lesions_baseline_voxels": int(moved.lesions_baseline.sum()),
         "lesions_followup_voxels": int(moved.lesions_followup.sum()),
     }
@@ -250,15 +283,21 @@ def synthesize_pair(
         new_lesions=as_volume(new_lesions),
         lesions_baseline=as_volume(moved.lesions_baseline),
         lesions_followup=as_volume(moved.lesions_followup),
+        lesion_changes=as_volume(moved.change_codes),
         record=record,
     )
+
+
+def _change_counts(codes: np.ndarray) -> dict[str, int]:
+    """Lesions of each class in a change map (26-connected components of each class's voxels)."""
+    return {name: components(codes == code).count for name, code in CHANGE_CODES.items()}
 
 
 def _library_candidates(
     library: LesionLibrary | Sequence[Volume], options: SynthOptions, min_voxels: int, max_voxels: int
 ) -> tuple[LesionLibrary | Sequence[Volume], list[LibraryLesion]]:
     """The library (built from the masks when lesions are to be added) and its lesions of an allowed size."""
-    if options.added_lesions <= 0 and options.enlarged_lesions <= 0:
+    if options.added_lesions <= 0 and options.enlarged_lesions <= 0 and options.shrinking_lesions <= 0:
         return library, []
     if not isinstance(library, LesionLibrary):
         library = LesionLibrary.from_volumes(library) if len(library) else library
@@ -281,12 +320,13 @@ def _add_lesions(
     flair: Volume,
     options: SynthOptions,
     rng: np.random.Generator,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Library lesions added to the follow-up, then enlarging ones to both time points; their records."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Library lesions added to the follow-up, then enlarging ones and shrinking ones; their records."""
     added: list[dict[str, Any]] = []
     enlarged: list[dict[str, Any]] = []
-    if not (options.added_lesions or options.enlarged_lesions):
-        return added, enlarged
+    shrinking: list[dict[str, Any]] = []
+    if not (options.added_lesions or options.enlarged_lesions or options.shrinking_lesions):
+        return added, enlarged, shrinking
     deep_white_matter = painter.prepare_placement()
     centres = np.flatnonzero(deep_white_matter)
     gap = voxels_for_mm(options.lesion_gap_mm, flair.spacing)
@@ -295,8 +335,15 @@ def _add_lesions(
     left_right = int(np.argmax(np.abs(flair.affine[0, :3])))
     contrast_low = options.contrast - options.contrast_spread
     contrast_high = options.contrast + options.contrast_spread
-    # the enlarging lesions come after the added ones, so pairs without them draw the same numbers as before
-    for made, growing in [(added, False)] * options.added_lesions + [(enlarged, True)] * options.enlarged_lesions:
+    # the enlarging lesions come after the added ones, and the shrinking ones last, so pairs without them draw
+    # the same numbers as before
+    plan = (
+        [(added, False, False)] * options.added_lesions
+        + [(enlarged, True, False)] * options.enlarged_lesions
+        + [(shrinking, True, True)] * options.shrinking_lesions
+    )
+    voxel_volume = flair.voxel_volume
+    for made, growing, shrinks in plan:
         tries = (LIBRARY_LOCATION_TRIES if options.library_locations else 0) + WHITE_MATTER_TRIES
         for attempt in range(tries):
             lesion = candidates[int(rng.integers(len(candidates)))]
@@ -318,16 +365,21 @@ def _add_lesions(
                 # growth around a core that is not most of the lesion would be a new lesion, not an enlarging one
                 if core.sum() < ENLARGING_MIN_CORE * mask.sum():
                     continue
+                # and growth that the enlarging rule might not tell from a stable lesion would make the truth unsure
+                if core.sum() > ENLARGING_MAX_CORE * mask.sum() or (
+                    (mask.sum() - core.sum()) * voxel_volume < ENLARGING_MIN_CHANGE_MM3
+                ):
+                    continue
             if painter.fits(mask, origin, deep_white_matter, gap):
                 contrast = float(rng.uniform(contrast_low, contrast_high))
-                entry = painter.add(lesion, np.ascontiguousarray(mask), origin, contrast, core=core)
+                entry = painter.add(lesion, np.ascontiguousarray(mask), origin, contrast, core=core, shrinking=shrinks)
                 entry.update(placement=placement, flipped_left_right=flipped, attempts=attempt + 1)
                 if growing:
                     assert core is not None
                     entry.update(shell_mm=round(shell, 4), core_voxels=int(core.sum()))
                 made.append(entry)
                 break
-    return added, enlarged
+    return added, enlarged, shrinking
 
 
 @dataclass
@@ -339,6 +391,7 @@ class _Moved:
     lesions_baseline: np.ndarray
     lesions_followup: np.ndarray
     new_lesions: np.ndarray
+    change_codes: np.ndarray
     in_brain_baseline: np.ndarray
     in_brain_followup: np.ndarray
     axis: np.ndarray
@@ -388,6 +441,7 @@ def _move(
     lesions_baseline = painter.content_baseline > 0.5
     lesions_followup = painter.content_followup > 0.5
     new_lesions = (painter.content_new > 0.5) & lesions_followup
+    change_codes = painter.change_codes
     in_brain_baseline = in_brain_followup = brain
     if moving:
         # The brain (2) and a one-voxel rim around it (1), moved by nearest neighbour: a cheap stand-in for
@@ -405,11 +459,14 @@ def _move(
         followup, in_brain_followup = move_image(followup, followup_matrix)
         lesions_followup = move(lesions_followup, flair.affine, followup_matrix, order=0, sparse=True) > 0.5
         new_lesions = move(new_lesions, flair.affine, followup_matrix, order=0, sparse=True) > 0.5
+        # nearest neighbour keeps the codes; the map lies on the follow-up, as the new lesions do
+        change_codes = np.rint(move(change_codes, flair.affine, followup_matrix, order=0, sparse=True)).astype(np.uint8)
         if options.symmetric:
             baseline, in_brain_baseline = move_image(baseline, baseline_matrix)
             lesions_baseline = move(lesions_baseline, flair.affine, baseline_matrix, order=0, sparse=True) > 0.5
     return _Moved(
-        baseline, followup, lesions_baseline, lesions_followup, new_lesions, in_brain_baseline, in_brain_followup,
+        baseline, followup, lesions_baseline, lesions_followup, new_lesions, change_codes, in_brain_baseline,
+        in_brain_followup,
         axis, angle, translation, centre_mm, relative, baseline_matrix, followup_matrix, moving,
     )  # fmt: skip
 
@@ -526,9 +583,16 @@ def save_synthetic_pair(pair: SyntheticPair, directory: Path, *, overwrite: bool
             "new_lesions": "msnewlesion synth: new lesions (follow-up)",
             "lesions_baseline": "msnewlesion synth: all lesions, baseline",
             "lesions_followup": "msnewlesion synth: all lesions, follow-up",
+            "lesion_changes": "msnewlesion synth: lesion changes 1 new 2 enlarging 3 stable 4 shrinking 5 resolved",
         }
         for role, description in descriptions.items():
-            volume: Volume = getattr(pair, role)
+            volume: Volume | None = getattr(pair, role)
+            if volume is None:
+                continue
+            if role == "lesion_changes" and volume.header is not None:
+                header = volume.header.copy()
+                header.set_intent("label")  # viewers show the codes as labels
+                volume = Volume(volume.data, volume.affine, header)
             dtype = np.float32 if role in ("baseline", "followup") else np.uint8
             save_volume(volume, temporary / PAIR_FILES[role], dtype=dtype, description=description)
         write_json(temporary / PAIR_FILES["record"], pair.record)
