@@ -102,7 +102,7 @@ def test_sessions_are_ordered_by_acquisition_time_then_paired(tree: BidsTree) ->
         "04": [("01", "02")],
     }
     assert plans["01"].session_order == plans["02"].session_order == "acq_time"
-    assert plans["03"].session_order == "label"  # only ses-03 has a time
+    assert plans["03"].session_order == "label (numbers)"  # only ses-03 has a time: the labels' natural order
     assert any("no acq_time for ses-01, ses-02" in note for note in plans["03"].notes)
     assert any("ses-month06 has no FLAIR" in note for note in plans["02"].notes)
     expected_days = (dt.datetime(2022, 2, 4, 8, 45) - dt.datetime(2021, 2, 1, 8, 15)).total_seconds() / 86400
