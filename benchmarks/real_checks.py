@@ -35,6 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from model_checks import predict  # noqa: E402  (the same predict call as the other checks)
+
 #: name, site, flair, lesion mask (relative to --data), already skull-stripped
 HELD_OUT = (
     (
@@ -56,12 +58,6 @@ UNLABELLED = (
 
 def msnewlesion(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "msnewlesion", *args], check=True, capture_output=True, text=True)
-
-
-def predict(baseline: Path, followup: Path, output: Path, model: str | None, extra: list[str]) -> dict:
-    command = ["predict", str(baseline), str(followup), "-o", str(output), "--quiet", "--overwrite", *extra]
-    msnewlesion(*command, *(["--model", model] if model else []))
-    return json.loads((output / "summary.json").read_text())
 
 
 def scores(predicted: np.ndarray, reference: np.ndarray, spacing: tuple[float, float, float], case: str) -> dict:
